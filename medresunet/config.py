@@ -1,0 +1,402 @@
+"""Typed configuration: frozen dataclasses for every YAML section, loaded and validated once.
+
+A config file has up to four top-level sections, ``model``, ``data``, ``train`` and
+``infer``; ``data`` has a nested ``augment`` section. Every key is optional (the
+dataclass default applies); an unknown key or a value of the wrong type is a
+:class:`~medresunet.errors.ConfigError` naming the file and the dotted key.
+
+``--set section.key=value`` overrides are parsed as YAML scalars or flow lists
+(``--set train.lr=3e-4``, ``--set data.patch_size=[64,64,64]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medresunet.errors import ConfigError
+
+NORMS = ("instance", "batch", "group", "none")
+ACTIVATIONS = ("relu", "leakyrelu", "prelu", "gelu")
+UPSAMPLES = ("transpose", "linear", "nearest")
+DOWNSAMPLES = ("maxpool", "conv")
+NORMALIZATIONS = ("auto", "ct", "zscore", "none")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SCHEDULES = ("poly", "cosine", "constant")
+CACHES = ("memory", "disk", "none")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters of :class:`medresunet.networks.ResidualUNet`.
+
+    ``channels`` gives the feature maps per resolution level (the last is the
+    bottleneck), so ``len(channels) - 1`` downsamplings; ``num_res_blocks`` is the
+    number of residual blocks per encoder level (an int for all levels, or one per
+    level). The network outputs logits; softmax is applied by the loss and at inference.
+    """
+
+    spatial_dims: int = 3
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    num_res_blocks: int | tuple[int, ...] = 1
+    norm: str = "instance"
+    act: str = "relu"
+    dropout: float = 0.0
+    upsample: str = "transpose"
+    downsample: str = "maxpool"
+    bias: bool = True
+    deep_supervision: bool = False
+
+    def __post_init__(self) -> None:
+        _check_choice("model.spatial_dims", self.spatial_dims, (2, 3))
+        if len(self.channels) < 2 or any(c < 1 for c in self.channels):
+            raise ConfigError(
+                f"model.channels: expected at least two positive feature counts, got {list(self.channels)}"
+            )
+        blocks = (
+            (self.num_res_blocks,) * len(self.channels)
+            if isinstance(self.num_res_blocks, int)
+            else tuple(self.num_res_blocks)
+        )
+        if len(blocks) != len(self.channels) or any(b < 1 for b in blocks):
+            raise ConfigError(
+                "model.num_res_blocks: expected a positive int or one positive int per level "
+                f"({len(self.channels)} levels), got {self.num_res_blocks!r}"
+            )
+        _check_choice("model.norm", self.norm, NORMS)
+        _check_choice("model.act", self.act, ACTIVATIONS)
+        _check_choice("model.upsample", self.upsample, UPSAMPLES)
+        _check_choice("model.downsample", self.downsample, DOWNSAMPLES)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout: expected a value in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random augmentation of training patches (probabilities per patch)."""
+
+    enabled: bool = True
+    flip_prob: float = 0.5
+    rotate_prob: float = 0.2
+    rotate_deg: float = 15.0
+    scale_prob: float = 0.2
+    scale_range: float = 0.15
+    intensity_prob: float = 0.15
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.1
+    gamma_prob: float = 0.15
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+    noise_prob: float = 0.15
+    noise_std: float = 0.1
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Preprocessing and patch sampling.
+
+    ``target_spacing`` is in mm in RAS axis order after reorientation; ``None`` means
+    the median spacing of the training cases (measured once and stored in the
+    checkpoint). ``patch_size`` is in voxels: three numbers for 3D models, two for 2D
+    models (axial slices of the RAS-oriented volume). ``normalization`` ``auto`` takes
+    each channel's modality from the manifest (CT -> ``ct``, anything else ->
+    ``zscore``). ``ct_window`` (HU) replaces the percentile clip of CT.
+    """
+
+    target_spacing: tuple[float, float, float] | None = None
+    orientation: str = "RAS"
+    normalization: str = "auto"
+    ct_window: tuple[float, float] | None = None
+    clip_percentiles: tuple[float, float] = (0.5, 99.5)
+    crop_foreground: bool = True
+    patch_size: tuple[int, ...] = (96, 96, 96)
+    samples_per_volume: int = 2
+    pos_fraction: float = 0.67
+    cache: str = "memory"
+    cache_dir: str | None = None
+    num_workers: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        _check_choice("data.normalization", self.normalization, NORMALIZATIONS)
+        _check_choice("data.cache", self.cache, CACHES)
+        if self.target_spacing is not None and any(s <= 0 for s in self.target_spacing):
+            raise ConfigError(f"data.target_spacing: expected positive mm values, got {list(self.target_spacing)}")
+        if len(self.patch_size) not in (2, 3) or any(p < 1 for p in self.patch_size):
+            raise ConfigError(f"data.patch_size: expected 2 or 3 positive voxel counts, got {list(self.patch_size)}")
+        lo, hi = self.clip_percentiles
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ConfigError(f"data.clip_percentiles: expected 0 <= low < high <= 100, got {[lo, hi]}")
+        if self.ct_window is not None and not self.ct_window[0] < self.ct_window[1]:
+            raise ConfigError(f"data.ct_window: expected [low, high] with low < high, got {list(self.ct_window)}")
+        if not 0.0 <= self.pos_fraction <= 1.0:
+            raise ConfigError(f"data.pos_fraction: expected a value in [0, 1], got {self.pos_fraction}")
+        if self.samples_per_volume < 1:
+            raise ConfigError(f"data.samples_per_volume: expected >= 1, got {self.samples_per_volume}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation loop.
+
+    ``steps_per_epoch`` ``None`` means one pass over the training cases' patches.
+    ``precision`` ``auto`` is fp16 AMP on CUDA, bf16 autocast on CPUs that support it
+    (checked at run time), else fp32. ``val_interval`` is in epochs.
+    """
+
+    epochs: int = 100
+    steps_per_epoch: int | None = None
+    batch_size: int = 2
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    warmup_epochs: int = 1
+    schedule: str = "poly"
+    precision: str = "auto"
+    channels_last: bool = True
+    grad_clip: float = 12.0
+    val_interval: int = 1
+    val_overlap: float = 0.25
+    seed: int = 0
+    folds: int = 5
+    fold: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("train.schedule", self.schedule, SCHEDULES)
+        _check_choice("train.precision", self.precision, PRECISIONS)
+        for name in ("epochs", "batch_size", "val_interval", "folds"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}: expected >= 1, got {getattr(self, name)}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ConfigError(f"train.steps_per_epoch: expected >= 1 or null, got {self.steps_per_epoch}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr: expected > 0, got {self.lr}")
+        if not 0 <= self.fold < self.folds:
+            raise ConfigError(f"train.fold: expected 0 <= fold < folds={self.folds}, got {self.fold}")
+        if not 0.0 <= self.val_overlap < 1.0:
+            raise ConfigError(f"train.val_overlap: expected a value in [0, 1), got {self.val_overlap}")
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """Defaults for sliding-window inference, stored in the checkpoint.
+
+    ``min_component_ml`` removes connected components smaller than that volume (mL)
+    per label; ``largest_component`` keeps only the largest component per label.
+    """
+
+    overlap: float = 0.5
+    sw_batch_size: int = 2
+    tta: bool = False
+    precision: str = "auto"
+    largest_component: bool = False
+    min_component_ml: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_choice("infer.precision", self.precision, PRECISIONS)
+        if not 0.0 <= self.overlap < 1.0:
+            raise ConfigError(f"infer.overlap: expected a value in [0, 1), got {self.overlap}")
+        if self.sw_batch_size < 1:
+            raise ConfigError(f"infer.sw_batch_size: expected >= 1, got {self.sw_batch_size}")
+        if self.min_component_ml < 0:
+            raise ConfigError(f"infer.min_component_ml: expected >= 0 mL, got {self.min_component_ml}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of a training run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+    def __post_init__(self) -> None:
+        want = self.model.spatial_dims
+        if len(self.data.patch_size) != want:
+            raise ConfigError(
+                f"data.patch_size: a {want}D model needs {want} patch sizes, got {list(self.data.patch_size)}"
+            )
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _check_choice(key: str, value: Any, choices: tuple[Any, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: expected one of {list(choices)}, got {value!r}")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert lists to tuples."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {list(value)}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of settings, got {value!r}")
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} at {key}")  # a bug, not user input
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown key {where}{unknown[0]}; known keys of {prefix or 'the config'}: {sorted(names)}"
+        )
+    kwargs = {
+        name: _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
+        for name, value in raw.items()
+    }
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from plain nested dicts (as YAML gives)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"expected a mapping with sections model/data/train/infer, got {type(raw).__name__}")
+    return _build(Config, raw, "")
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dicts/lists of a config (JSON/YAML/checkpoint safe)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(config))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``section.key=value`` into the key path and its YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    key, _, value = text.partition("=")
+    path = [p for p in key.strip().split(".") if p]
+    if len(path) < 2:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. train.lr=3e-4")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({err})") from err
+    return path, parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``section.key=value`` override applied."""
+    import copy
+
+    out = copy.deepcopy(raw) if raw else {}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {text!r}: {part} is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Read a YAML file with ``yaml.safe_load``; errors name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path}: config file not found") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read the config file ({err})") from err
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A config path, or the name of a preset in ``configs/`` (``3d``, ``2d``, ``article``, ``demo``)."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        return candidate
+    preset = PRESETS_DIR / f"{name_or_path}.yaml"
+    if preset.exists():
+        return preset
+    known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    raise ConfigError(f"{name_or_path}: no such config file, and not a preset (known presets: {known})")
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (file or preset name), apply ``--set`` overrides, validate.
+
+    Raises:
+        ConfigError: naming the file and the offending key.
+    """
+    path = resolve_config_path(path)
+    raw = read_yaml(path)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with sections model/data/train/infer")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return config_from_dict(raw)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err

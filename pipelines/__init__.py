@@ -1,0 +1,1 @@
+"""Workflows behind the console scripts: parse arguments, call the library, report."""

@@ -1,0 +1,68 @@
+"""Shared command-line plumbing: common flags, logging, and error -> exit code mapping.
+
+Exit codes (DESIGN.md section 4): 0 all done, 1 some cases failed, 2 bad usage, config,
+manifest or checkpoint. A user error prints one line on stderr, no traceback, unless
+``--debug`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from medresunet.errors import MedresunetError, ScanError
+
+EXIT_OK = 0
+EXIT_FAILED_CASES = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own exit code is 2 as well
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` with the flags every command has."""
+    parser = _Parser(prog=prog, description=description)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    parser.add_argument("--debug", action="store_true", help="full tracebacks and debug logging")
+    return parser
+
+
+def setup_logging(quiet: bool = False, debug: bool = False) -> None:
+    """Log to stderr: INFO by default, WARNING with ``--quiet``, DEBUG with ``--debug``."""
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    for noisy in ("PIL", "matplotlib", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
+             argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, run ``body(args)`` and map the project's errors to exit codes."""
+    args = parser.parse_args(argv)
+    setup_logging(getattr(args, "quiet", False), getattr(args, "debug", False))
+    try:
+        return int(body(args))
+    except MedresunetError as err:
+        if getattr(args, "debug", False):
+            raise
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return EXIT_FAILED_CASES if isinstance(err, ScanError) else EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def report_failures(prog: str, failures: Sequence[tuple[str, str]]) -> None:
+    """Print the failed cases of a batch, one ``case: reason`` line each, to stderr."""
+    if not failures:
+        return
+    print(f"{prog}: {len(failures)} case(s) failed:", file=sys.stderr)
+    for case, reason in failures:
+        print(f"  {case}: {reason}", file=sys.stderr)

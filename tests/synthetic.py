@@ -1,0 +1,100 @@
+"""Synthetic anatomy with known answers, and the affines the geometry tests use.
+
+Shared by the test modules; written with non-identity, anisotropic affines so that a
+transposed axis or a dropped sign cannot pass unnoticed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+
+def rotation(axis: int, degrees: float) -> np.ndarray:
+    """A 3x3 rotation about world axis ``axis`` by ``degrees``."""
+    t = np.deg2rad(degrees)
+    c, s = np.cos(t), np.sin(t)
+    i, j = [a for a in range(3) if a != axis]
+    r = np.eye(3)
+    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+    return r
+
+
+def make_affine(kind: str = "ras", spacing=(1.0, 1.0, 1.0), origin=(-20.0, 15.0, 7.5)) -> np.ndarray:
+    """A 4x4 voxel -> RAS mm affine.
+
+    kind: ``ras`` (axes along R, A, S), ``lps`` (axes along L, P, S), ``oblique``
+    (right-handed rotation), ``oblique_lh`` (left-handed: a rotation with a flipped axis),
+    ``anisotropic`` (RAS with the given spacing, default 1x1x3 mm).
+    """
+    spacing = np.asarray(spacing, dtype=float)
+    if kind == "ras":
+        rot = np.eye(3)
+    elif kind == "lps":
+        rot = np.diag([-1.0, -1.0, 1.0])
+    elif kind == "oblique":
+        rot = rotation(2, 20.0) @ rotation(0, 10.0)
+    elif kind == "oblique_lh":
+        rot = rotation(2, -25.0) @ rotation(1, 12.0) @ np.diag([1.0, -1.0, 1.0])
+    elif kind == "anisotropic":
+        rot = np.eye(3)
+        if np.allclose(spacing, 1.0):
+            spacing = np.array([1.0, 1.0, 3.0])
+    else:
+        raise ValueError(f"unknown affine kind {kind!r}")
+    affine = np.eye(4)
+    affine[:3, :3] = rot * spacing[None, :]
+    affine[:3, 3] = origin
+    return affine
+
+
+def ellipsoid(shape, center, radii) -> np.ndarray:
+    """Boolean ellipsoid (radii in voxels) on a grid of ``shape``."""
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    dist = sum(((g - c) / r) ** 2 for g, c, r in zip(grids, center, radii))
+    return dist <= 1.0
+
+
+def sphere_phantom(shape=(40, 36, 24), seed: int = 0, spacing=(1.0, 1.0, 3.0)):
+    """An image with two labelled ellipsoids (1: large, 2: small) and noise.
+
+    Returns ``(image float32, label uint8)`` in voxel order, sized in voxels so that
+    the structures look round in mm for the given spacing.
+    """
+    rng = np.random.default_rng(seed)
+    shape = tuple(shape)
+    label = np.zeros(shape, np.uint8)
+    c = np.array(shape) / 2.0
+    big = ellipsoid(shape, c + [-4, 0, 0], np.array([9.0, 9.0, 9.0]) / np.asarray(spacing))
+    small = ellipsoid(shape, c + [9, 6, 0], np.array([4.0, 4.0, 4.0]) / np.asarray(spacing))
+    label[big] = 1
+    label[small] = 2
+    image = rng.normal(0.0, 20.0, shape).astype(np.float32) - 100.0
+    image[label == 1] += 180.0
+    image[label == 2] += 320.0
+    return image.astype(np.float32), label
+
+
+def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray, dtype=None,
+                slope: float | None = None, inter: float | None = None) -> Path:
+    """Write ``array`` as NIfTI-1 with ``affine`` as both sform and qform (code 1).
+
+    With ``slope``/``inter`` the data are stored as ``(array - inter) / slope`` in
+    ``dtype`` (e.g. int16) and the scale factors go in the header.
+    """
+    path = Path(path)
+    data = np.asarray(array)
+    if slope is not None:
+        inter = 0.0 if inter is None else inter
+        data = np.round((data - inter) / slope)
+    if dtype is not None:
+        data = data.astype(dtype)
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_qform(affine, code=1)
+    img.header.set_sform(affine, code=1)
+    if slope is not None:
+        img.header.set_slope_inter(slope, inter)
+    nib.save(img, str(path))
+    return path
