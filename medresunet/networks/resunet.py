@@ -1,0 +1,259 @@
+"""ResidualUNet: a residual U-Net for 2D and 3D segmentation (DESIGN section 5).
+
+The network returns logits. The source article's softmax head is this 1x1
+convolution followed by a softmax that lives outside the network: in the loss
+(Dice + cross-entropy take logits) and at inference (softmax, then argmax).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medresunet.config import ACTIVATIONS, DOWNSAMPLES, NORMS, UPSAMPLES, ModelConfig
+from medresunet.networks.blocks import ResidualBlock, make_conv, make_downsample, make_upsample
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"ResidualUNet {name}: expected one of {list(choices)}, got {value!r}")
+
+
+def _validate(
+    spatial_dims: Any, in_channels: Any, out_channels: Any, channels: Any, num_res_blocks: Any,
+    norm: Any, act: Any, dropout: Any, upsample: Any, downsample: Any,
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Check the hyper-parameters; return ``channels`` and per-level ``num_res_blocks``."""
+    if not _is_int(spatial_dims) or spatial_dims not in (2, 3):
+        raise ValueError(f"ResidualUNet spatial_dims: expected 2 or 3, got {spatial_dims!r}")
+    for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if not _is_int(value) or value < 1:
+            raise ValueError(f"ResidualUNet {name}: expected an integer >= 1, got {value!r}")
+    if (
+        isinstance(channels, (str, bytes))
+        or not isinstance(channels, Sequence)
+        or len(channels) < 2
+        or not all(_is_int(c) and c >= 1 for c in channels)
+    ):
+        raise ValueError(
+            "ResidualUNet channels: expected at least two positive integer feature counts "
+            f"(one per level, the last is the bottleneck), got {channels!r}"
+        )
+    levels = len(channels)
+    if _is_int(num_res_blocks):
+        blocks = (num_res_blocks,) * levels
+    elif isinstance(num_res_blocks, Sequence) and not isinstance(num_res_blocks, (str, bytes)):
+        blocks = tuple(num_res_blocks)
+    else:
+        blocks = ()
+    if len(blocks) != levels or not all(_is_int(b) and b >= 1 for b in blocks):
+        raise ValueError(
+            "ResidualUNet num_res_blocks: expected a positive integer or one positive integer "
+            f"per level ({levels} levels), got {num_res_blocks!r}"
+        )
+    _check_choice("norm", norm, NORMS)
+    _check_choice("act", act, ACTIVATIONS)
+    _check_choice("upsample", upsample, UPSAMPLES)
+    _check_choice("downsample", downsample, DOWNSAMPLES)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"ResidualUNet dropout: expected a number in [0, 1), got {dropout!r}")
+    return tuple(int(c) for c in channels), tuple(int(b) for b in blocks)
+
+
+class ResidualUNet(nn.Module):
+    """Residual U-Net, one class for 2D and 3D, built from MONAI's layer factories.
+
+    Encoder level ``i`` applies ``num_res_blocks[i]`` residual blocks (the first
+    changes the channel count to ``channels[i]``); the levels are separated by a x2
+    downsampling (2x2(x2) max-pooling, or with ``downsample="conv"`` stride 2 in the
+    first convolution of the next level's first block); the last level is the
+    bottleneck. The decoder, from deep to shallow, upsamples x2, concatenates the
+    encoder's skip and applies one residual block (projection shortcut) to
+    ``channels[i]``. A 1x1 convolution gives the logits.
+
+    Any input size works: the input is zero-padded at the end of each spatial axis
+    to a multiple of :attr:`total_stride` and the output is cropped back.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels (modalities), >= 1.
+        out_channels: output classes (background included), >= 1.
+        channels: feature maps per level, at least two (the last is the bottleneck).
+        num_res_blocks: residual blocks per encoder level: an int, or one per level.
+        norm: ``instance`` (affine), ``batch``, ``group`` (<= 8 groups dividing the
+            channels) or ``none`` (no norm layers; the convolutions keep their bias).
+        act: ``relu``, ``leakyrelu`` (slope 0.01), ``prelu`` or ``gelu``.
+        dropout: spatial dropout probability inside each residual block, in [0, 1).
+        upsample: ``transpose`` (kernel-2 stride-2 transposed conv to the skip's
+            channels), ``linear`` (bi/trilinear, ``align_corners=False``, channels kept)
+            or ``nearest``.
+        downsample: ``maxpool`` or ``conv`` (strided first convolution).
+        bias: bias of the convolutions that no norm layer follows (with a norm layer a
+            bias is redundant and left out); the 1x1 heads always have a bias.
+        deep_supervision: add 1x1 heads on the decoder levels below full resolution.
+
+    Shapes:
+        ``forward(x)``: ``(B, in_channels, *spatial)`` -> logits
+        ``(B, out_channels, *spatial)``. In training mode with ``deep_supervision`` a
+        tuple: the full-resolution logits, then ``(B, out_channels, *ceil(spatial / 2**k))``
+        for k = 1 .. len(channels) - 2.
+
+    Raises:
+        ValueError: a hyper-parameter out of range, naming it with expected and got.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        channels: Sequence[int],
+        num_res_blocks: int | Sequence[int] = 1,
+        norm: str = "instance",
+        act: str = "relu",
+        dropout: float = 0.0,
+        upsample: str = "transpose",
+        downsample: str = "maxpool",
+        bias: bool = True,
+        deep_supervision: bool = False,
+    ) -> None:
+        super().__init__()
+        chans, blocks = _validate(
+            spatial_dims, in_channels, out_channels, channels, num_res_blocks,
+            norm, act, dropout, upsample, downsample,
+        )
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.channels = chans
+        self.num_res_blocks = blocks
+        self.deep_supervision = bool(deep_supervision)
+        dropout = float(dropout)
+
+        def block(c_in: int, c_out: int, stride: int = 1) -> ResidualBlock:
+            return ResidualBlock(spatial_dims, c_in, c_out, stride, norm, act, dropout, bias)
+
+        self.pool = make_downsample(downsample, spatial_dims)
+        self.encoder = nn.ModuleList()
+        prev = in_channels
+        for level, (c, n) in enumerate(zip(chans, blocks, strict=True)):
+            stride = 2 if level > 0 and self.pool is None else 1
+            layers = [block(prev, c, stride)] + [block(c, c) for _ in range(n - 1)]
+            self.encoder.append(nn.Sequential(*layers))
+            prev = c
+
+        # Decoder modules are indexed by the level they produce (0 = full resolution).
+        self.upsamples = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        for level in range(len(chans) - 1):
+            up, up_channels = make_upsample(upsample, spatial_dims, chans[level + 1], chans[level], bias)
+            self.upsamples.append(up)
+            self.decoder.append(block(up_channels + chans[level], chans[level]))
+
+        self.head = make_conv(spatial_dims, chans[0], out_channels, 1, 1, True)
+        self.ds_heads = nn.ModuleList(
+            make_conv(spatial_dims, chans[level], out_channels, 1, 1, True)
+            for level in range(1, len(chans) - 1)
+        ) if self.deep_supervision else nn.ModuleList()
+
+    @property
+    def total_stride(self) -> int:
+        """The total downsampling factor, ``2 ** (len(channels) - 1)``."""
+        return 2 ** (len(self.channels) - 1)
+
+    def padded_shape(self, spatial: Sequence[int]) -> tuple[int, ...]:
+        """The spatial shape the input is padded to (a multiple of :attr:`total_stride`).
+
+        The bottleneck gets at least two voxels, so instance and batch norm never see a
+        single-voxel feature map in training (the last axis grows when needed).
+        """
+        stride = self.total_stride
+        shape = [max(1, math.ceil(s / stride)) * stride for s in spatial]
+        if all(s == stride for s in shape):
+            shape[-1] = 2 * stride
+        return tuple(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Logits ``(B, out_channels, *spatial)`` of ``x`` ``(B, in_channels, *spatial)``.
+
+        In training mode with ``deep_supervision``: a tuple, full resolution first.
+        """
+        if x.ndim != self.spatial_dims + 2:
+            raise ValueError(
+                f"ResidualUNet input: expected a (B, C, *spatial) tensor with "
+                f"{self.spatial_dims} spatial axes, got shape {tuple(x.shape)}"
+            )
+        spatial = tuple(x.shape[2:])
+        target = self.padded_shape(spatial)
+        if target != spatial:
+            pad: list[int] = []
+            for s, t in zip(reversed(spatial), reversed(target), strict=True):
+                pad += [0, t - s]
+            x = F.pad(x, pad)
+
+        skips: list[torch.Tensor] = []
+        for level, stage in enumerate(self.encoder):
+            if level > 0 and self.pool is not None:
+                x = self.pool(x)
+            x = stage(x)
+            skips.append(x)
+
+        x = skips.pop()
+        outputs: list[torch.Tensor] = []
+        for level in range(len(self.channels) - 2, -1, -1):
+            up = self.upsamples[level](x)
+            skip = skips[level]
+            if up.dtype != skip.dtype:  # autocast may leave norm outputs in fp32
+                up = up.to(skip.dtype)
+            x = self.decoder[level](torch.cat((up, skip), dim=1))
+            if self.training and self.deep_supervision and level > 0:
+                outputs.append(self._crop(self.ds_heads[level - 1](x), spatial, 2**level))
+        logits = self._crop(self.head(x), spatial, 1)
+        if self.training and self.deep_supervision:
+            return (logits, *reversed(outputs))
+        return logits
+
+    @staticmethod
+    def _crop(y: torch.Tensor, spatial: tuple[int, ...], factor: int) -> torch.Tensor:
+        """Crop ``y`` to ``ceil(spatial / factor)`` (a view, no copy)."""
+        want = tuple(math.ceil(s / factor) for s in spatial)
+        if tuple(y.shape[2:]) == want:
+            return y
+        return y[(slice(None), slice(None), *(slice(0, w) for w in want))]
+
+
+def network_kwargs(model: ModelConfig, in_channels: int, out_channels: int) -> dict[str, Any]:
+    """The :class:`ResidualUNet` keyword arguments of a model config, as plain values.
+
+    Lists, not tuples, and only ints, floats, bools and strings: safe in a checkpoint
+    read with ``torch.load(weights_only=True)``; ``ResidualUNet(**kwargs)`` rebuilds it.
+    """
+    blocks = model.num_res_blocks
+    return {
+        "spatial_dims": int(model.spatial_dims),
+        "in_channels": int(in_channels),
+        "out_channels": int(out_channels),
+        "channels": [int(c) for c in model.channels],
+        "num_res_blocks": int(blocks) if isinstance(blocks, int) else [int(b) for b in blocks],
+        "norm": str(model.norm),
+        "act": str(model.act),
+        "dropout": float(model.dropout),
+        "upsample": str(model.upsample),
+        "downsample": str(model.downsample),
+        "bias": bool(model.bias),
+        "deep_supervision": bool(model.deep_supervision),
+    }
+
+
+def build_network(model: ModelConfig, in_channels: int, out_channels: int) -> ResidualUNet:
+    """Build the :class:`ResidualUNet` of a model config."""
+    return ResidualUNet(**network_kwargs(model, in_channels, out_channels))
