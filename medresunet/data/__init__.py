@@ -1,0 +1,1 @@
+"""Datasets, preprocessing and MONAI transform chains (import submodules directly)."""
