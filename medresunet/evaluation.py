@@ -1,0 +1,243 @@
+"""Evaluate predictions against reference labels: pair files, read them, compute metrics in
+parallel, and collect rows and failures (no printing; the CLI reports).
+
+Used by ``medresunet-eval`` and by ``medresunet-infer --labels``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, MutableMapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medresunet.errors import ManifestError, ScanError, UsageError
+from medresunet.metrics.case import EMPTY_DISTANCE_CHOICES, case_metrics
+
+log = logging.getLogger(__name__)
+
+Pair = tuple[str, Path, Path, "Path | None"]  # (case_id, pred_path, ref_path, image_path)
+GRID_ATOL_MM = 1e-3
+
+
+@dataclass
+class Pairing:
+    """The result of pairing predictions with references by case id.
+
+    Attributes:
+        pairs: ``(case_id, pred_path, ref_path, image_path_or_None)`` sorted by case id.
+        unpaired: ``(case_id, reason)`` for a prediction without reference or the reverse.
+        labels: name -> value from the manifest (background included), or None.
+    """
+
+    pairs: list[tuple[str, Path, Path, Path | None]] = field(default_factory=list)
+    unpaired: list[tuple[str, str]] = field(default_factory=list)
+    labels: dict[str, int] | None = None
+
+
+def _scans_by_id(root: Path) -> dict[str, Path]:
+    from medresunet.io import discover_scans
+
+    return {ref.case_id: ref.path for ref in discover_scans(root)}
+
+
+def pair_cases(pred: str | os.PathLike[str], ref: str | os.PathLike[str],
+               images: str | os.PathLike[str] | None = None) -> Pairing:
+    """Pair prediction files with reference labels (and optional scans) by case id.
+
+    Args:
+        pred: folder (or single file) of predicted segmentations.
+        ref: folder of reference labels, or a manifest file (JSON/YAML/MSD ``dataset.json``);
+            with a manifest the cases with a label are used, and its label map.
+        images: folder of scans for the overlays (optional); with a manifest and no
+            ``images``, each case's first image channel.
+
+    Raises:
+        UsageError: a folder does not exist. ManifestError: an invalid manifest.
+    """
+    pred, ref = Path(pred), Path(ref)
+    preds = _scans_by_id(pred)
+    labels = None
+    image_paths: dict[str, Path] = {}
+    if ref.is_file() and ref.name.lower().endswith((".json", ".yaml", ".yml")):
+        from medresunet.manifest import load_manifest
+
+        manifest = load_manifest(ref)
+        refs = {c.case_id: c.label for c in manifest.cases if c.label is not None}
+        if not refs:
+            raise ManifestError(f"{ref}: no case has a label; expected reference labels to compare with")
+        labels = dict(manifest.labels)
+        image_paths = {c.case_id: c.images[0] for c in manifest.cases if c.images}
+    else:
+        refs = _scans_by_id(ref)
+    if images is not None:
+        image_paths = _scans_by_id(Path(images))
+    out = Pairing(labels=labels)
+    for case_id in sorted(set(preds) | set(refs)):
+        if case_id not in refs:
+            out.unpaired.append((case_id, f"prediction {preds[case_id]} has no reference in {ref}"))
+        elif case_id not in preds:
+            out.unpaired.append((case_id, f"reference {refs[case_id]} has no prediction in {pred}"))
+        else:
+            out.pairs.append((case_id, preds[case_id], refs[case_id], image_paths.get(case_id)))
+    return out
+
+
+def resample_nearest(array: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray,
+                     dst_shape: Sequence[int]) -> np.ndarray:
+    """Nearest-neighbour resampling of a label volume onto another grid (world RAS mm).
+
+    Voxels of the destination grid outside the source volume get 0.
+    """
+    from scipy import ndimage
+
+    nd = len(dst_shape)
+    m = np.linalg.inv(np.asarray(src_affine, float)) @ np.asarray(dst_affine, float)
+    return ndimage.affine_transform(array, m[:nd, :nd], offset=m[:nd, 3], output_shape=tuple(dst_shape),
+                                    order=0, mode="constant", cval=0)
+
+
+def _found_labels(*arrays: np.ndarray) -> set[int]:
+    found: set[int] = set()
+    for a in arrays:
+        if np.issubdtype(a.dtype, np.integer) and a.size and int(a.min()) >= 0 and int(a.max()) < 65536:
+            found |= {int(v) for v in np.flatnonzero(np.bincount(a.ravel()))}
+        else:
+            found |= {int(v) for v in np.unique(a)}
+    found.discard(0)
+    return found
+
+
+def _evaluate_task(task: dict) -> dict:
+    """Worker: read one pair, check the grids, compute the rows (and the overlay slice)."""
+    from medresunet.io import read_volume
+    from medresunet.metrics.overlay import worst_slice
+
+    case_id = task["case_id"]
+    try:
+        ref, ref_geom = read_volume(task["ref"])
+        pred, pred_geom = read_volume(task["pred"])
+        if not pred_geom.same_grid(ref_geom, atol=GRID_ATOL_MM):
+            if not task["resample"]:
+                raise ScanError(
+                    f"prediction {task['pred']} is on another grid than reference {task['ref']}: "
+                    f"expected {ref_geom.describe()}, got {pred_geom.describe()} (affine differs by up to "
+                    f"{_affine_gap(pred_geom, ref_geom)}); pass --resample-pred-to-ref to resample "
+                    "the prediction (nearest neighbour)")
+            pred = resample_nearest(pred, pred_geom.affine, ref_geom.affine, ref_geom.shape)
+        labels = task["labels"]
+        if labels is None:
+            labels = {f"label_{v}": v for v in sorted(_found_labels(pred, ref))}
+        rows = case_metrics(pred, ref, ref_geom.spacing, labels, task["nsd_tolerance_mm"], task["empty_distance"])
+        overlay = None
+        if task["overlay"]:
+            image = None
+            if task["image"] is not None:
+                img, img_geom = read_volume(task["image"])
+                if img.shape == ref.shape:
+                    image = img
+                else:
+                    log.warning("%s: scan %s has shape %s, labels %s: overlay without the scan",
+                                case_id, task["image"], img.shape, ref.shape)
+            overlay = worst_slice(pred, ref, ref_geom.spacing, image)
+    except (ScanError, ValueError, OSError, MemoryError) as err:
+        return {"case_id": case_id, "error": str(err)}
+    for row in rows:
+        row["case_id"] = case_id
+    return {"case_id": case_id, "rows": rows, "overlay": overlay}
+
+
+def _affine_gap(a, b) -> str:
+    if a.shape != b.shape:
+        return "n/a (shapes differ)"
+    return f"{float(np.abs(a.affine - b.affine).max()):.4g} mm"
+
+
+def _fill_missing_labels(rows: list[dict]) -> list[dict]:
+    """With labels found per case: add both_empty rows for labels seen only in other cases."""
+    names = {int(r["label"]): r["label_name"] for r in rows}
+    have = {(r["case_id"], int(r["label"])) for r in rows}
+    cases = sorted({r["case_id"] for r in rows})
+    extra = []
+    for case_id in cases:
+        for value, name in names.items():
+            if (case_id, value) not in have:
+                row = case_metrics(np.zeros((1, 1), np.uint8), np.zeros((1, 1), np.uint8), (1.0, 1.0),
+                                   {name: value})[0]
+                row["case_id"] = case_id
+                extra.append(row)
+    return rows + extra
+
+
+def evaluate_pairs(pairs: Sequence[tuple[str, Path, Path, Path | None]],
+                   labels: Mapping[str, int] | None = None, nsd_tolerance_mm: float = 2.0,
+                   empty_distance: str = "nan", workers: int = 1, resample_pred_to_ref: bool = False,
+                   quiet: bool = False,
+                   overlays: MutableMapping | None = None) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Compute the metrics of each pair, in parallel processes.
+
+    Args:
+        pairs: ``(case_id, pred_path, ref_path, image_path_or_None)``.
+        labels: name -> value (background 0 skipped); None: the foreground values found in
+            each case, named ``label_<value>``, every label found in any case reported for
+            every case.
+        nsd_tolerance_mm: NSD tolerance, mm.
+        empty_distance: ``"nan"`` or ``"diagonal"`` (distances of missed / false-positive labels).
+        workers: processes; 1 computes in this process.
+        resample_pred_to_ref: resample a prediction on another grid (nearest neighbour)
+            instead of failing the case.
+        quiet: no progress bar.
+        overlays: if a dict is given, it receives case id -> OverlaySlice (the slice of
+            worst disagreement, for report.html).
+
+    Returns:
+        ``(rows, failures)``: rows with ``case_id`` first, sorted by case then label value;
+        failures as ``(case_id, reason)`` (unreadable file, grid mismatch, bad labels).
+    """
+    from tqdm.auto import tqdm
+
+    if empty_distance not in EMPTY_DISTANCE_CHOICES:
+        raise UsageError(f"empty distance must be one of {EMPTY_DISTANCE_CHOICES}, got {empty_distance!r}")
+    if workers < 1:
+        raise UsageError(f"workers must be >= 1, got {workers}")
+    tasks = [{"case_id": c, "pred": Path(p), "ref": Path(r), "image": None if i is None else Path(i),
+              "labels": None if labels is None else dict(labels), "nsd_tolerance_mm": float(nsd_tolerance_mm),
+              "empty_distance": empty_distance, "resample": bool(resample_pred_to_ref),
+              "overlay": overlays is not None} for c, p, r, i in pairs]
+    results: list[dict] = []
+    bar = tqdm(total=len(tasks), desc="evaluate", unit="case", disable=quiet)
+    try:
+        if workers == 1 or len(tasks) <= 1:
+            for task in tasks:
+                results.append(_evaluate_task(task))
+                bar.update(1)
+        else:
+            import multiprocessing as mp
+
+            with ProcessPoolExecutor(max_workers=min(workers, len(tasks)),
+                                     mp_context=mp.get_context("spawn")) as pool:
+                futures = [pool.submit(_evaluate_task, t) for t in tasks]
+                for fut in as_completed(futures):
+                    results.append(fut.result())
+                    bar.update(1)
+    finally:
+        bar.close()
+    rows: list[dict] = []
+    failures: list[tuple[str, str]] = []
+    for res in sorted(results, key=lambda r: r["case_id"]):
+        if "error" in res:
+            log.warning("%s: %s", res["case_id"], res["error"])
+            failures.append((res["case_id"], res["error"]))
+            continue
+        rows.extend(res["rows"])
+        if overlays is not None and res["overlay"] is not None:
+            overlays[res["case_id"]] = res["overlay"]
+    if labels is None:
+        rows = _fill_missing_labels(rows)
+    rows = [{"case_id": r["case_id"], **{k: v for k, v in r.items() if k != "case_id"}} for r in rows]
+    rows.sort(key=lambda r: (r["case_id"], r["label"]))
+    return rows, failures
