@@ -300,3 +300,17 @@ def test_save_roundtrip(data: Path, suffix: str) -> None:
 def test_no_torch_import() -> None:
     code = "import sys, medresunet.manifest; sys.exit('torch' in sys.modules or 'monai' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_msd_variants_and_missing_files(tmp_path: Path) -> None:
+    touch(tmp_path, "imagesTr/a.nii.gz", "labelsTr/a.nii.gz", "imagesTs/t.nii.gz")
+    doc = {"modality": {"0": "MRI"}, "labels": {"0": "Background", "1": "hippo"},
+           "training": [{"image": "./imagesTr/a.nii.gz", "label": "./labelsTr/a.nii.gz"}],
+           "test": [{"image": "./imagesTs/t.nii.gz"}]}
+    m = load_manifest(write(tmp_path / "dataset.json", doc))
+    assert m.labels == {"background": 0, "hippo": 1} and m.cases[1].split == "test"
+    doc["training"].append({"image": "./imagesTr/b.nii.gz", "label": "./labelsTr/b.nii.gz"})
+    doc["labels"] = {"1": "hippo"}
+    msg = error_of(write(tmp_path / "dataset.json", doc))
+    assert "training[1] (case 'b')" in msg and "b.nii.gz not found" in msg
+    assert "expected 'background': 0" in msg
