@@ -1,0 +1,51 @@
+"""Scan discovery: one case per file or DICOM series folder, stable ids, duplicates refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medresunet.errors import UsageError
+from medresunet.io import case_id_from_path, discover_scans
+from tests.dicom_fixtures import write_dicom_series
+from tests.synthetic import make_affine, write_nifti
+
+
+def test_case_id_from_path(tmp_path):
+    assert case_id_from_path("a/b/x.nii.gz") == "x"
+    assert case_id_from_path("x.v2.nii") == "x.v2"
+    assert case_id_from_path("y.nrrd") == "y" and case_id_from_path("z.MHA") == "z"
+    assert case_id_from_path(tmp_path / "folder") == "folder"
+
+
+def test_discover(tmp_path):
+    vol = np.zeros((4, 3, 2), np.int16)
+    write_nifti(tmp_path / "b.nii.gz", vol, make_affine())
+    (tmp_path / "sub").mkdir()
+    write_nifti(tmp_path / "sub" / "a.nii", vol, make_affine())
+    (tmp_path / "c.mha").write_bytes(b"")
+    (tmp_path / ".tmp-abc.nii.gz").write_bytes(b"")
+    (tmp_path / ".hidden.nii.gz").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("x")
+    write_dicom_series(tmp_path / "pat1" / "ct", vol, make_affine())
+    write_dicom_series(tmp_path / "pat2", vol, make_affine())
+    refs = discover_scans(tmp_path)
+    assert [(r.case_id, r.kind) for r in refs] == [
+        ("a", "nifti"), ("b", "nifti"), ("c", "itk"), ("pat1_ct", "dicom"), ("pat2", "dicom")]
+    assert refs[3].path == tmp_path / "pat1" / "ct"
+    assert discover_scans(tmp_path) == refs
+    single = discover_scans(tmp_path / "pat1" / "ct")
+    assert [(r.case_id, r.kind) for r in single] == [("ct", "dicom")]
+    assert [r.case_id for r in discover_scans(tmp_path / "b.nii.gz")] == ["b"]
+
+
+def test_discover_errors(tmp_path):
+    (tmp_path / "x.nii.gz").write_bytes(b"")
+    (tmp_path / "x.nrrd").write_bytes(b"")
+    with pytest.raises(UsageError, match="x.nii.gz"):
+        discover_scans(tmp_path)
+    with pytest.raises(UsageError, match="does not exist"):
+        discover_scans(tmp_path / "nope")
+    (tmp_path / "n.txt").write_text("x")
+    with pytest.raises(UsageError, match="not a scan"):
+        discover_scans(tmp_path / "n.txt")
