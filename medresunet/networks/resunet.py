@@ -89,7 +89,7 @@ class ResidualUNet(nn.Module):
         out_channels: output classes (background included), >= 1.
         channels: feature maps per level, at least two (the last is the bottleneck).
         num_res_blocks: residual blocks per encoder level: an int, or one per level.
-        norm: ``instance`` (affine), ``batch``, ``group`` (<= 8 groups dividing the
+        norm: ``instance`` (affine; computed by a one-group-per-channel GroupNorm), ``batch``, ``group`` (<= 8 groups dividing the
             channels) or ``none`` (no norm layers; the convolutions keep their bias).
         act: ``relu``, ``leakyrelu`` (slope 0.01), ``prelu`` or ``gelu``.
         dropout: spatial dropout probability inside each residual block, in [0, 1).
@@ -203,7 +203,10 @@ class ResidualUNet(nn.Module):
         skips: list[torch.Tensor] = []
         for level, stage in enumerate(self.encoder):
             if level > 0 and self.pool is not None:
-                x = self.pool(x)
+                # CPU autocast runs max_pool3d in fp32 (a copy and a cast for nothing):
+                # max-pooling is exact in any precision, so pool in the input's dtype.
+                with torch.autocast(x.device.type, enabled=False):
+                    x = self.pool(x)
             x = stage(x)
             skips.append(x)
 
