@@ -1,0 +1,116 @@
+"""medresunet-eval end to end on small NIfTI folders: pairing, statuses, grids, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pipelines.evaluate import main, parse_labels
+from tests.synthetic import make_affine, sphere_phantom, write_nifti
+
+SHAPE = (24, 20, 10)
+
+
+@pytest.fixture()
+def folders(tmp_path):
+    """refs a, b, d; preds a (good), b (lesion missed), c (no reference), d (another grid)."""
+    affine = make_affine("oblique", spacing=(1.0, 1.2, 3.0))
+    image, label = sphere_phantom(SHAPE, seed=1, spacing=(1.0, 1.2, 3.0))
+    ref, pred, img = tmp_path / "ref", tmp_path / "pred", tmp_path / "img"
+    for d in (ref, pred, img):
+        d.mkdir()
+    for case in ("a", "b", "d"):
+        write_nifti(ref / f"{case}.nii.gz", label, affine, dtype=np.uint8)
+        write_nifti(img / f"{case}.nii.gz", image, affine, dtype=np.float32)
+    good = label.copy()
+    good[good == 1] = np.where(np.random.default_rng(0).random(int((good == 1).sum())) < 0.05, 0, 1)
+    write_nifti(pred / "a.nii.gz", good, affine, dtype=np.uint8)
+    missed = label.copy()
+    missed[missed == 2] = 0
+    write_nifti(pred / "b.nii.gz", missed, affine, dtype=np.uint8)
+    write_nifti(pred / "c.nii.gz", label, affine, dtype=np.uint8)
+    shifted = affine.copy()
+    shifted[:3, 3] += 5.0
+    write_nifti(pred / "d.nii.gz", label, shifted, dtype=np.uint8)
+    return tmp_path
+
+
+def _args(root, out, *extra):
+    return ["--pred", str(root / "pred"), "--ref", str(root / "ref"), "--output", str(out), "--quiet",
+            "--workers", "1", *extra]
+
+
+def test_eval_writes_reports_and_lists_failures(folders, capsys):
+    out = folders / "eval"
+    code = main(_args(folders, out, "--labels", "big=1,small=2", "--images", str(folders / "img")))
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "c: prediction" in captured.err and "no reference" in captured.err
+    assert "d: prediction" in captured.err and "--resample-pred-to-ref" in captured.err
+    assert "small" in captured.out  # summary table printed
+    for name in ("metrics.csv", "metrics.json", "summary.json", "summary.csv", "report.html", "run.json"):
+        assert (out / name).is_file()
+    with open(out / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["case_id"], r["label_name"], r["status"]) for r in rows] == [
+        ("a", "big", "ok"), ("a", "small", "ok"), ("b", "big", "ok"), ("b", "small", "missed")]
+    summary = json.loads((out / "summary.json").read_text())
+    small = summary["per_label"]["small"]
+    assert summary["n_cases"] == 2
+    assert small["status_counts"]["missed"] == 1
+    assert small["dice"]["mean"] == pytest.approx(0.5)  # 1.0 and the missed 0.0
+    assert (out / "report.html").read_text().count("data:image/png") == 3
+
+    # existing reports are kept unless --overwrite
+    assert main(_args(folders, out)) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_resample_and_default_labels(folders):
+    out = folders / "eval2"
+    code = main(_args(folders, out, "--resample-pred-to-ref", "--empty-distance", "diagonal"))
+    assert code == 1  # c is still unpaired
+    with open(out / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["label_name"] for r in rows} == {"label_1", "label_2"}
+    by = {(r["case_id"], r["label"]): r for r in rows}
+    assert by[("d", "1")]["status"] == "ok" and float(by[("d", "1")]["dice"]) < 1.0  # shifted 5 mm
+    assert float(by[("b", "2")]["hd95_mm"]) > 30  # the image diagonal
+
+
+def test_manifest_reference_and_workers(folders):
+    manifest = {"name": "t", "channels": ["CT"], "labels": {"background": 0, "big": 1, "small": 2},
+                "cases": [{"id": c, "image": f"img/{c}.nii.gz", "label": f"ref/{c}.nii.gz"} for c in ("a", "b")]}
+    (folders / "m.json").write_text(json.dumps(manifest))
+    (folders / "pred" / "c.nii.gz").unlink()
+    (folders / "pred" / "d.nii.gz").unlink()
+    out = folders / "eval3"
+    code = main(["--pred", str(folders / "pred"), "--ref", str(folders / "m.json"), "--output", str(out),
+                 "--quiet", "--workers", "2"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["per_label"]) == ["big", "small"]
+    assert summary["per_label"]["small"]["status_counts"] == {"ok": 1, "both_empty": 0, "missed": 1,
+                                                              "false_positive": 0}
+
+
+def test_usage_errors(folders, capsys):
+    empty = folders / "empty"
+    empty.mkdir()
+    assert main(["--pred", str(empty), "--ref", str(folders / "ref"), "--output", str(folders / "o")]) == 2
+    assert main(_args(folders, folders / "o", "--labels", "a=1,b")) == 2
+    assert main(_args(folders, folders / "o", "--workers", "0")) == 2
+    assert parse_labels("liver,spleen") == {"liver": 1, "spleen": 2}
+    assert parse_labels("liver=3, spleen=1") == {"liver": 3, "spleen": 1}
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys, pipelines.evaluate as e\n"
+            "try:\n    e.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules and 'monai' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
