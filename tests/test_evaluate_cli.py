@@ -114,3 +114,21 @@ def test_help_does_not_import_torch():
             "try:\n    e.main(['--help'])\nexcept SystemExit:\n    pass\n"
             "assert 'torch' not in sys.modules and 'monai' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_evaluate_pairs_library(folders):
+    from medresunet.evaluation import evaluate_pairs, pair_cases
+
+    (folders / "pred" / "a.nii.gz").write_bytes(b"not a nifti file")
+    pairing = pair_cases(folders / "pred", folders / "ref", folders / "img")
+    assert [p[0] for p in pairing.pairs] == ["a", "b", "d"]
+    assert [u[0] for u in pairing.unpaired] == ["c"]
+    assert pairing.pairs[0][3] == folders / "img" / "a.nii.gz"
+    overlays: dict = {}
+    rows, failures = evaluate_pairs(pairing.pairs, {"background": 0, "big": 1, "small": 2}, quiet=True,
+                                    overlays=overlays)
+    assert [f[0] for f in failures] == ["a", "d"]
+    assert "a.nii.gz" in failures[0][1]
+    assert [(r["case_id"], r["label"]) for r in rows] == [("b", 1), ("b", 2)]
+    assert list(rows[0])[0] == "case_id"
+    assert set(overlays) == {"b"} and overlays["b"].image is not None

@@ -7,14 +7,11 @@ see :mod:`medresunet.metrics.surface`.
 
 Status rules (DESIGN.md section 4):
 
-========================  =======  =====  =====================================  ====
-status                    Dice     IoU    HD, HD95, ASSD                         NSD
-========================  =======  =====  =====================================  ====
-``ok``                    value    value  value                                  value
-``both_empty``            NaN      NaN    NaN                                    NaN
-``missed``                0        0      NaN, or the image diagonal (``diagonal``)  0
-``false_positive``        0        0      NaN, or the image diagonal (``diagonal``)  0
-========================  =======  =====  =====================================  ====
+- ``ok``: both masks non-empty; every metric computed.
+- ``both_empty``: the label is in neither; Dice, IoU, distances and NSD NaN, volumes 0.
+- ``missed``: in the reference only; Dice 0, IoU 0, NSD 0, HD/HD95/ASSD NaN (or the image
+  diagonal in mm with ``empty_distance="diagonal"``).
+- ``false_positive``: in the prediction only; as ``missed``.
 
 NSD of a missed / false-positive label is 0, as MONAI's ``compute_surface_dice`` gives
 (no edge voxel lies within tolerance of an empty surface).
