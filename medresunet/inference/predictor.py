@@ -1,0 +1,307 @@
+"""Predictor: a checkpoint + a scan -> the label volume on the scan's original grid.
+
+The flow (DESIGN.md section 3): the checkpoint's own preprocessing (never a config) ->
+Gaussian sliding-window logits -> softmax probabilities (averaged over flips with TTA) ->
+the recorded preprocessing inverted on the probabilities with MONAI ``Invertd`` (linear
+interpolation of probabilities, as nnU-Net resamples them) -> argmax -> optional
+postprocessing. The result has exactly ``read_geometry(path).shape``; the writer takes the
+geometry from the input header, so only the array content depends on the inversion.
+
+Loading (:meth:`Predictor.load`) and predicting (:meth:`Predictor.predict_loaded`) are separate
+steps so that a caller can preprocess the next scan in a thread while the current one runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medresunet.errors import CheckpointError, ScanError
+from medresunet.inference.postprocess import postprocess
+from medresunet.inference.sliding import STITCH_DEVICES, sliding_window_logits
+from medresunet.inference.tta import predict_probabilities, tta_axes
+
+log = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass
+class LoadedScan:
+    """A preprocessed scan ready for the network.
+
+    Attributes:
+        paths: the input files (one per channel).
+        data: the transform output; ``data["image"]`` is a MetaTensor ``(C, *spatial)`` with
+            its applied operations recorded for the inversion.
+        geometry: the first channel's :class:`~medresunet.io.Geometry` (the output grid).
+        seconds: time spent loading and preprocessing.
+        transforms: the ``Compose`` that produced ``data`` (inverted afterwards).
+    """
+
+    paths: tuple[Path, ...]
+    data: dict[str, Any]
+    geometry: Any
+    seconds: float
+    transforms: Any = None
+
+
+@dataclass
+class Prediction:
+    """Labels ``(*geometry.shape)`` and optionally probabilities ``(K, *geometry.shape)``."""
+
+    labels: np.ndarray
+    geometry: Any
+    probabilities: np.ndarray | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _scan_error(err: BaseException) -> ScanError | None:
+    """The ScanError in ``err``'s cause/context chain (MONAI wraps reader errors)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, ScanError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _infer_defaults(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    infer = checkpoint.get("infer") or {}
+    return {
+        "overlap": float(infer.get("overlap", 0.5)),
+        "sw_batch_size": int(infer.get("sw_batch_size", 2)),
+        "tta": bool(infer.get("tta", False)),
+        "precision": str(infer.get("precision", "auto")),
+        "largest_component": bool(infer.get("largest_component", False)),
+        "min_component_ml": float(infer.get("min_component_ml", 0.0)),
+    }
+
+
+class Predictor:
+    """Segment scans with a trained checkpoint.
+
+    Args:
+        checkpoint: the dict from :func:`medresunet.training.checkpoint.load_checkpoint`.
+        device: ``auto|cpu|cuda|cuda:N`` or a ``torch.device``.
+        overlap: sliding-window overlap in ``[0, 1)`` (default: the checkpoint's ``infer``).
+        sw_batch_size: windows per forward pass (default: the checkpoint's).
+        tta: average over mirror flips (default: the checkpoint's).
+        precision: ``auto|fp32|bf16|fp16`` (default: the checkpoint's; resolved per device).
+        stitch_device: ``auto|cpu|same``, see :func:`sliding_window_logits`.
+        largest_component: keep the largest component per label (default: the checkpoint's).
+        min_component_ml: drop components below this volume in mL (default: the checkpoint's).
+        model: a network to use instead of the checkpoint's weights (tests, custom models);
+            it maps ``(B, C, *window)`` to logits ``(B, K, *window)``.
+        progress: show MONAI's per-window progress bar.
+
+    Raises:
+        CheckpointError: the checkpoint's preprocessing or model cannot be rebuilt.
+    """
+
+    def __init__(self, checkpoint: dict[str, Any], device: Any = "auto", overlap: float | None = None,
+                 sw_batch_size: int | None = None, tta: bool | None = None,
+                 precision: str | None = None, stitch_device: str = "auto",
+                 largest_component: bool | None = None, min_component_ml: float | None = None,
+                 model: Any = None, progress: bool = False) -> None:
+        from medresunet.data.preprocessing import Preprocessing
+        from medresunet.data.transforms import background_value, inference_transforms
+        from medresunet.devices import resolve_device, resolve_precision
+
+        defaults = _infer_defaults(checkpoint)
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.overlap = defaults["overlap"] if overlap is None else float(overlap)
+        self.sw_batch_size = defaults["sw_batch_size"] if sw_batch_size is None else int(sw_batch_size)
+        self.tta = defaults["tta"] if tta is None else bool(tta)
+        self.precision = resolve_precision(defaults["precision"] if precision is None else precision,
+                                           self.device)
+        self.largest_component = (defaults["largest_component"] if largest_component is None
+                                  else bool(largest_component))
+        self.min_component_ml = (defaults["min_component_ml"] if min_component_ml is None
+                                 else float(min_component_ml))
+        if stitch_device not in STITCH_DEVICES:
+            raise ValueError(f"stitch_device: expected one of {STITCH_DEVICES}, got {stitch_device!r}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap: expected a value in [0, 1), got {self.overlap}")
+        if self.sw_batch_size < 1:
+            raise ValueError(f"sw_batch_size: expected >= 1, got {self.sw_batch_size}")
+        self.stitch_device = stitch_device
+        self.progress = progress
+        try:
+            self.preprocessing = Preprocessing.from_dict(checkpoint["preprocessing"])
+            self.labels = {str(k): int(v) for k, v in dict(checkpoint["labels"]).items()}
+            self.input_channels = [str(c) for c in checkpoint["input_channels"]]
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"checkpoint preprocessing/labels/input_channels are invalid: {err}") from err
+        self.network_dims = int(self.preprocessing.spatial_dims)
+        self.patch_size = tuple(int(p) for p in self.preprocessing.patch_size)
+        if model is None:
+            from medresunet.training.checkpoint import model_from_checkpoint
+
+            model = model_from_checkpoint(checkpoint)
+        if isinstance(model, torch.nn.Module):
+            model = model.to(self.device).eval()
+        self.model = model
+        self._inference_transforms = inference_transforms
+        self._background_value = background_value
+        self._transforms: dict[str | None, Any] = {}
+
+    def transforms(self, series_uid: str | None = None) -> Any:
+        """The checkpoint's inference ``Compose`` (one per DICOM series choice, cached)."""
+        if series_uid not in self._transforms:
+            self._transforms[series_uid] = self._inference_transforms(self.preprocessing,
+                                                                      series_uid=series_uid)
+        return self._transforms[series_uid]
+
+    @classmethod
+    def from_file(cls, path: PathLike, **kwargs: Any) -> Predictor:
+        """Load a checkpoint file (:func:`load_checkpoint`) and build a Predictor on it."""
+        from medresunet.training.checkpoint import load_checkpoint
+
+        return cls(load_checkpoint(path), **kwargs)
+
+    @property
+    def n_classes(self) -> int:
+        """Number of output classes (background included)."""
+        return max(self.labels.values()) + 1 if self.labels else 0
+
+    # ------------------------------------------------------------------ loading
+    def load(self, image_paths: Sequence[PathLike] | PathLike, series_uid: str | None = None) -> LoadedScan:
+        """Read and preprocess one case (one path per input channel).
+
+        Raises:
+            ScanError: unreadable file, wrong channel count, wrong dimensionality, NaN voxels,
+                or a preprocessing failure; the message starts with the path.
+        """
+        from medresunet.io import read_geometry
+
+        if isinstance(image_paths, (str, os.PathLike)):
+            image_paths = [image_paths]
+        paths = tuple(Path(p) for p in image_paths)
+        first = paths[0]
+        n = len(self.input_channels)
+        if len(paths) != n:
+            raise ScanError(
+                f"{first}: wrong channel count: the model expects {n} input channel(s) "
+                f"({', '.join(self.input_channels)}), got {len(paths)} image(s); give one image per "
+                "channel (a manifest for multi-channel cases)")
+        start = time.perf_counter()
+        geometry = read_geometry(first, series_uid)
+        try:
+            transforms = self.transforms(series_uid)
+            data = transforms({"image": [str(p) for p in paths]})
+        except Exception as err:  # MONAI wraps reader errors in RuntimeError
+            inner = _scan_error(err)
+            if inner is not None:
+                raise ScanError(str(inner)) from err
+            reason = " ".join(str(err).split())[-300:]
+            raise ScanError(f"{first}: preprocessing failed ({type(err).__name__}: {reason})") from err
+        image = data["image"]
+        spatial = tuple(image.shape[1:])
+        if image.ndim - 1 not in (2, 3) or image.shape[0] != n:
+            raise ScanError(
+                f"{first}: wrong channel count or dimensionality: expected {n} channel(s) of a 2D or "
+                f"3D scan, got a preprocessed array of shape {tuple(image.shape)}; give 3D (or 2D) "
+                "scans with one file per channel")
+        if not bool(torch.isfinite(torch.as_tensor(image)).all()):
+            raise ScanError(f"{first}: NaN or infinite voxel values after preprocessing; expected "
+                            "finite intensities")
+        if min(spatial) < 1:
+            raise ScanError(f"{first}: empty image after preprocessing (shape {spatial})")
+        return LoadedScan(paths, data, geometry, time.perf_counter() - start, transforms)
+
+    # --------------------------------------------------------------- prediction
+    def background(self, image: Any) -> list[float]:
+        """Normalised background per channel: the image's own where its normalisation recorded
+        one (z-score), else the checkpoint's (CT: the clipped air value)."""
+        return [float(self._background_value(self.preprocessing, c, image))
+                for c in range(len(self.input_channels))]
+
+    def _logits(self, image: torch.Tensor, cval: Sequence[float]) -> torch.Tensor:
+        """``(1, C, *spatial)`` -> ``(1, K, *spatial)`` logits on the stitching device."""
+        squeeze = image.ndim - 2 == 2 and self.network_dims == 3
+        if squeeze:
+            image = image.unsqueeze(-1)
+        out = sliding_window_logits(
+            image, self.model, self.patch_size, network_dims=self.network_dims, overlap=self.overlap,
+            sw_batch_size=self.sw_batch_size, cval=cval, device=self.device,
+            precision=self.precision, stitch_device=self.stitch_device, progress=self.progress)
+        return out[..., 0] if squeeze else out
+
+    def probabilities(self, image: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities ``(K, *spatial)`` (CPU, float32) of a preprocessed image.
+
+        Args:
+            image: ``(C, *spatial)`` preprocessed tensor.
+        """
+        cval = self.background(image)
+        batch = torch.as_tensor(image).float()[None]
+        axes = tta_axes(batch.ndim - 2, self.network_dims) if self.tta else ()
+        probs = predict_probabilities(lambda x: self._logits(x, cval), batch, axes)
+        return probs[0].cpu()
+
+    def _invert(self, data: dict[str, Any], probs: torch.Tensor, transforms: Any) -> torch.Tensor:
+        """Undo the recorded preprocessing on ``probs (K, *spatial)`` -> original grid."""
+        from monai.data import MetaTensor
+        from monai.transforms import Invertd
+
+        image = data["image"]
+        pred = MetaTensor(probs, meta=dict(image.meta))
+        inverter = Invertd(keys="pred", transform=transforms, orig_keys="image",
+                           nearest_interp=False, to_tensor=True)
+        out = inverter({"image": image, "pred": pred})["pred"]
+        return torch.as_tensor(out).float()
+
+    def predict_loaded(self, scan: LoadedScan, return_probabilities: bool = False) -> Prediction:
+        """Predict a scan from :meth:`load`; labels on the scan's original grid."""
+        times = {"load": scan.seconds}
+        start = time.perf_counter()
+        probs = self.probabilities(scan.data["image"])
+        times["network"] = time.perf_counter() - start
+        start = time.perf_counter()
+        probs = self._invert(scan.data, probs, scan.transforms or self.transforms())
+        shape = tuple(scan.geometry.shape)
+        if tuple(probs.shape[1:]) != shape:
+            if int(np.prod(probs.shape[1:])) == int(np.prod(shape)) and \
+                    [s for s in probs.shape[1:] if s != 1] == [s for s in shape if s != 1]:
+                probs = probs.reshape(probs.shape[0], *shape)  # a 2D scan: drop the singleton axis
+            else:
+                raise ScanError(f"{scan.paths[0]}: the inverted prediction has shape "
+                                f"{tuple(probs.shape[1:])}, the scan {shape}; the preprocessing "
+                                "could not be inverted")
+        labels = torch.argmax(probs, dim=0).numpy().astype(np.uint8 if probs.shape[0] <= 256 else np.uint16)
+        times["invert"] = time.perf_counter() - start
+        if self.largest_component or self.min_component_ml > 0:
+            start = time.perf_counter()
+            spacing = tuple(float(s) for s in np.linalg.norm(scan.geometry.affine[:3, :3], axis=0))
+            labels = postprocess(labels, spacing, largest_component=self.largest_component,
+                                 min_component_ml=self.min_component_ml)
+            times["postprocess"] = time.perf_counter() - start
+        return Prediction(labels, scan.geometry, probs.numpy() if return_probabilities else None, times)
+
+    def predict(self, image_paths: Sequence[PathLike] | PathLike, series_uid: str | None = None,
+                return_probabilities: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Label volume of one case on its original grid.
+
+        Args:
+            image_paths: one scan (file or DICOM folder) per input channel.
+            series_uid: the DICOM series to read from folders holding several.
+            return_probabilities: also return ``(K, *shape)`` float32 probabilities.
+
+        Returns:
+            ``labels`` with ``shape == read_geometry(image_paths[0]).shape`` (uint8), or
+            ``(labels, probabilities)``.
+        """
+        result = self.predict_loaded(self.load(image_paths, series_uid), return_probabilities)
+        if return_probabilities:
+            return result.labels, result.probabilities
+        return result.labels
