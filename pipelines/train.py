@@ -128,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         prep = _fingerprint(train_cases, manifest.channels, config, args.quiet)
     logger.info("preprocessing: %s", prep.to_dict())
-    train_data, val_data, background = _datasets(train_cases, val_cases, prep, config)
+    train_data, val_data, background = _datasets(train_cases, val_cases, prep, config, args.quiet)
     out_channels = max(manifest.labels.values()) + 1
     kwargs = network_kwargs(config.model, len(manifest.channels), out_channels)
     model = build_network(config.model, len(manifest.channels), out_channels)
@@ -197,13 +197,21 @@ def _fingerprint(train_cases: list, channels: tuple[str, ...], config: Any, quie
         raise ManifestError(f"cannot measure the training cases: {err}") from err
 
 
-def _datasets(train_cases: list, val_cases: list, prep: Any, config: Any) -> tuple[Any, Any, list[float]]:
+def _datasets(train_cases: list, val_cases: list, prep: Any, config: Any, quiet: bool) -> tuple[Any, Any, Any]:
+    """Cached training / validation datasets and the per-image background function."""
     from medresunet.data.datasets import make_train_dataset, make_val_dataset
     from medresunet.data.transforms import background_value
 
-    train_data = make_train_dataset(train_cases, prep, config.data)
-    val_data = make_val_dataset(val_cases, prep, config.data) if val_cases else []
-    background = [float(background_value(prep, c)) for c in range(prep.n_channels)]
+    data = config.data
+    logger.info("preprocessing %d training and %d validation cases", len(train_cases), len(val_cases))
+    train_data = make_train_dataset(train_cases, prep, data, progress=not quiet)
+    val_data = (make_val_dataset(val_cases, prep, cache=data.cache, cache_dir=data.cache_dir,
+                                 num_workers=data.num_workers, progress=not quiet)
+                if val_cases else [])
+
+    def background(image: Any) -> list[float]:
+        return [float(background_value(prep, c, image)) for c in range(prep.n_channels)]
+
     return train_data, val_data, background
 
 

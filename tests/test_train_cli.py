@@ -39,9 +39,7 @@ def write_dataset(root, cases=CASES, shape=(32, 32, 24)):
         affine = make_affine(kind, spacing)
         write_nifti(root / f"{cid}.nii.gz", img, affine, dtype=dtype, slope=slope)
         write_nifti(root / f"{cid}_seg.nii.gz", lab, affine, dtype=np.uint8)
-        entry = {"id": cid, "image": f"{cid}.nii.gz", "label": f"{cid}_seg.nii.gz"}
-        if split:
-            entry["split"] = split
+        entry = {"id": cid, "image": f"{cid}.nii.gz", "label": f"{cid}_seg.nii.gz", "split": split or "train"}
         entries.append(entry)
     manifest = root / "manifest.json"
     manifest.write_text(json.dumps({"channels": ["CT"], "labels": LABELS, "cases": entries}))

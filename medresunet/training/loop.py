@@ -35,7 +35,7 @@ from medresunet.training.logs import TrainingLog
 from medresunet.training.loss import SegmentationLoss
 from medresunet.training.schedule import load_scheduler_state, make_scheduler, scheduler_state
 from medresunet.training.state import capture_rng, epoch_seed, restore_rng, seed_everything
-from medresunet.training.validation import validate
+from medresunet.training.validation import Background, validate
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def train(
     labels: Mapping[str, int],
     input_channels: Sequence[str],
     preprocessing: Any,
-    background: Sequence[float],
+    background: Background,
     run_dir: str | Path,
     device: torch.device,
     resume: bool = False,
@@ -128,7 +128,8 @@ def train(
         labels: name -> value, with ``background: 0``.
         input_channels: modality per input channel.
         preprocessing: object with ``to_dict()`` (stored in the checkpoint).
-        background: normalised background intensity per input channel (window padding).
+        background: normalised background intensity per input channel (window padding),
+            or a function of a validation image giving it.
         run_dir: the run folder (created).
         device: torch device.
         resume: continue from ``run_dir/last.pt``.

@@ -7,7 +7,7 @@ window's last axis is squeezed before the network and restored after it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -15,6 +15,9 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
 from medresunet.devices import autocast
+
+Background = Sequence[float] | Callable[[Any], Sequence[float]]
+"""Per-channel padding values, or a function of the preprocessed image giving them."""
 
 
 class _SliceWise(torch.nn.Module):
@@ -113,13 +116,16 @@ def nanmean(values: Iterable[float]) -> float:
 
 @torch.no_grad()
 def validate(model: torch.nn.Module, volumes: Iterable[Mapping[str, Any]], labels: Mapping[str, int],
-             patch_size: Sequence[int], spatial_dims: int, overlap: float, background: Sequence[float],
+             patch_size: Sequence[int], spatial_dims: int, overlap: float, background: Background,
              device: torch.device, precision: str = "fp32", sw_batch_size: int = 2) -> dict[str, Any]:
     """Mean Dice per label over whole validation volumes.
 
     Args:
         volumes: items ``{"image": (C, *spatial), "label": (1, *spatial)}`` (preprocessed).
         labels: name -> value map (background 0 is skipped).
+        background: padding value per channel, or a function of the item's image (e.g.
+            ``lambda im: [background_value(prep, c, im) for c in ...]``, for image-dependent
+            z-score backgrounds).
 
     Returns:
         ``{"dice_mean": float, "dice": {label_name: mean over cases}, "n_cases": int}``;
@@ -131,9 +137,10 @@ def validate(model: torch.nn.Module, volumes: Iterable[Mapping[str, Any]], label
     n = 0
     try:
         for item in volumes:
+            bg = background(item["image"]) if callable(background) else background
             image = torch.as_tensor(item["image"]).as_subclass(torch.Tensor)[None]
             ref = torch.as_tensor(item["label"]).as_subclass(torch.Tensor)[0].long()
-            logits = sliding_window_logits(model, image, patch_size, spatial_dims, overlap, background,
+            logits = sliding_window_logits(model, image, patch_size, spatial_dims, overlap, bg,
                                            device, precision, sw_batch_size)
             pred = logits[0].argmax(0).to(ref.device)
             for name, value in dice_per_label(pred, ref, labels).items():
