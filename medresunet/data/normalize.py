@@ -64,7 +64,8 @@ def robust_foreground(channel: np.ndarray | torch.Tensor, sigma: float = 1.0) ->
     """Robust foreground mask of one channel ``(*spatial)``: Otsu on a smoothed copy.
 
     Smoothing (Gaussian, ``sigma`` voxels) removes most background noise before the
-    threshold; Otsu then separates the signal from the background. Falls back to the
+    threshold; Otsu then separates the signal from the background. A voxel is
+    foreground when both its smoothed and its own intensity exceed the threshold. Falls back to the
     whole image when the image is constant or the mask would be empty.
 
     Returns:
@@ -75,7 +76,9 @@ def robust_foreground(channel: np.ndarray | torch.Tensor, sigma: float = 1.0) ->
     arr = channel.detach().cpu().numpy() if isinstance(channel, torch.Tensor) else np.asarray(channel)
     smooth = gaussian_filter(arr.astype(np.float32, copy=False), sigma=sigma, truncate=2.0)
     t = otsu_threshold(_sample(smooth.ravel()))
-    mask = smooth > t
+    # Smoothed AND raw above the threshold: no noise speckles outside, no blurred rim
+    # of background voxels around the edge.
+    mask = (smooth > t) & (arr > t)
     if not mask.any():
         mask[...] = True
     return mask
@@ -190,7 +193,7 @@ class BackgroundPadd(MapTransform):
 
     def _pad_widths(self, shape: Sequence[int]) -> list[tuple[int, int]]:
         widths = []
-        for n, want in zip(shape, self.spatial_size):
+        for n, want in zip(shape, self.spatial_size, strict=False):
             extra = max(want - n, 0)
             widths.append((extra // 2, extra - extra // 2))
         return widths
