@@ -133,3 +133,11 @@ def test_boxes_ignore_other_values():
     assert boxes[1] == (slice(1, 3), slice(2, 4), slice(3, 5))
     assert union_box(boxes[1], None, vol.shape, margin=1) == (slice(0, 4), slice(1, 5), slice(2, 6))
     assert union_box(None, None, vol.shape) is None
+
+
+def test_boxes_of_empty_and_strided_volumes():
+    assert label_boxes(np.zeros((4, 5, 6), np.uint8), 2) == [None, None]
+    vol = np.zeros((10, 8, 6), np.uint16)
+    vol[3:5, 1:2, 4:6] = 300
+    strided = vol[::-1, :, :]  # not C-contiguous
+    assert label_boxes(strided, 300)[299] == (slice(5, 7), slice(1, 2), slice(4, 6))

@@ -30,14 +30,27 @@ from scipy.spatial import cKDTree
 
 
 def nonzero_box(volume: np.ndarray) -> tuple[slice, ...] | None:
-    """Bounding box of the non-zero voxels (one cheap ``any`` reduction per axis), or None."""
+    """Bounding box of the positive voxels, or None if there are none.
+
+    One vectorised ``max`` reduction per axis, each on the part left by the previous axes
+    (the first over contiguous rows), so a small structure in a large grid costs about a
+    millisecond. Negative values count as background (as ``find_objects``).
+    """
     box = []
+    sub = volume
     for axis in range(volume.ndim):
-        other = tuple(a for a in range(volume.ndim) if a != axis)
-        idx = np.flatnonzero(volume.any(axis=other))
+        if axis == 0 and volume.flags.c_contiguous:
+            profile = volume.reshape(volume.shape[0], -1).max(axis=1) > 0
+        else:
+            profile = sub.max(axis=tuple(a for a in range(volume.ndim) if a != axis)) > 0
+        idx = np.flatnonzero(profile)
         if idx.size == 0:
             return None
-        box.append(slice(int(idx[0]), int(idx[-1]) + 1))
+        cut = slice(int(idx[0]), int(idx[-1]) + 1)
+        box.append(cut)
+        take = [slice(None)] * volume.ndim
+        take[axis] = cut
+        sub = sub[tuple(take)]
     return tuple(box)
 
 
