@@ -135,6 +135,7 @@ class Predictor:
         if self.sw_batch_size < 1:
             raise ValueError(f"sw_batch_size: expected >= 1, got {self.sw_batch_size}")
         self.stitch_device = stitch_device
+        self._fell_back = False
         self.progress = progress
         try:
             self.preprocessing = Preprocessing.from_dict(checkpoint["preprocessing"])
@@ -187,6 +188,8 @@ class Predictor:
         if isinstance(image_paths, (str, os.PathLike)):
             image_paths = [image_paths]
         paths = tuple(Path(p) for p in image_paths)
+        if not paths:
+            raise ValueError("Predictor.load: expected one image path per input channel, got none")
         first = paths[0]
         n = len(self.input_channels)
         if len(paths) != n:
@@ -231,10 +234,13 @@ class Predictor:
         squeeze = image.ndim - 2 == 2 and self.network_dims == 3
         if squeeze:
             image = image.unsqueeze(-1)
+        stitch = "cpu" if self._fell_back else self.stitch_device
         out = sliding_window_logits(
             image, self.model, self.patch_size, network_dims=self.network_dims, overlap=self.overlap,
             sw_batch_size=self.sw_batch_size, cval=cval, device=self.device,
-            precision=self.precision, stitch_device=self.stitch_device, progress=self.progress)
+            precision=self.precision, stitch_device=stitch, progress=self.progress)
+        if stitch == "auto" and self.device.type == "cuda" and out.device.type == "cpu":
+            self._fell_back = True  # the other flips of this scan start on the CPU
         return out[..., 0] if squeeze else out
 
     def probabilities(self, image: torch.Tensor) -> torch.Tensor:
@@ -264,6 +270,7 @@ class Predictor:
     def predict_loaded(self, scan: LoadedScan, return_probabilities: bool = False) -> Prediction:
         """Predict a scan from :meth:`load`; labels on the scan's original grid."""
         times = {"load": scan.seconds}
+        self._fell_back = False
         start = time.perf_counter()
         probs = self.probabilities(scan.data["image"])
         times["network"] = time.perf_counter() - start
