@@ -13,6 +13,7 @@ from medresunet.data.preprocessing import ChannelNorm, Preprocessing
 from medresunet.data.transforms import (
     background_value,
     inference_transforms,
+    invert_prediction,
     preprocess_transforms,
     train_transforms,
 )
@@ -140,8 +141,26 @@ def test_inference_transforms_invert_to_original_grid(tmp_path, kind, spacing, m
     onehot = torch.nn.functional.one_hot(pre["label"][0].long(), 3).permute(3, 0, 1, 2).float()
     inv = Invertd("pred", transform=infer, orig_keys="image", nearest_interp=False)(
         {"image": out["image"], "pred": onehot})
+    # the helper gives the same, also from a plain tensor (Invertd alone would skip it)
+    helper = invert_prediction(infer, out["image"], onehot.as_tensor())
+    np.testing.assert_allclose(helper.numpy(), inv["pred"].numpy())
     back = inv["pred"].argmax(0).numpy()
     assert back.shape == SHAPE
     dices = [_dice(back, label, k) for k in (1, 2)]
     assert all(d >= m - 1e-9 for d, m in zip(dices, min_dice, strict=True)), dices
     np.testing.assert_allclose(inv["pred"].affine.numpy(), make_affine(kind, spacing=(1.0, 1.0, 3.0)), atol=1e-4)
+
+
+def test_2d_file_round_trip(tmp_path):
+    """A 2D NIfTI (one slice) goes through the chain and inverts to its own shape."""
+    image, fg = _noisy_mr((30, 28))
+    path = write_nifti(tmp_path / "slice.nii.gz", image, make_affine("lps"))
+    prep = _prep(ChannelNorm("zscore"), patch=(16, 16), dims=2, spacing=(1.0, 1.0, 1.0))
+    infer = inference_transforms(prep)
+    out = infer({"image": [str(path)]})
+    assert out["image"].ndim == 3 and out["image"].shape[1:] != (30, 28)      # cropped
+    fg_pre = out["image"][0] > background_value(prep, 0, out["image"]) / 2      # halfway to tissue
+    pred = torch.stack([~fg_pre, fg_pre]).float().as_tensor()
+    back = invert_prediction(infer, out["image"], pred, nearest=True)
+    assert tuple(back.shape) == (2, 30, 28)
+    assert _dice(back.argmax(0).numpy(), fg.astype(int), 1) > 0.9
