@@ -137,3 +137,28 @@ def test_train_cli_tiny_then_resume(tmp_path, dataset, dims):
                      "--quiet", "--device", "cpu"]) == 0
         assert load_checkpoint(run / "last.pt")["train_state"]["global_step"] == 4
         assert (run / "log.csv").read_text().count("\n") == 3
+
+
+def test_msd_dataset_json_mixed_geometry_trains(tmp_path):
+    """An MSD layout with RAS/LPS/oblique scans, int16+scaling and float32, no manual step."""
+    root = tmp_path / "Task01"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    training = []
+    for i, (cid, kind, spacing, dtype, slope, _) in enumerate(CASES):
+        img, lab = sphere_phantom((24, 24, 16), seed=i, spacing=spacing)
+        affine = make_affine(kind, spacing)
+        write_nifti(root / "imagesTr" / f"{cid}.nii.gz", img, affine, dtype=dtype, slope=slope)
+        write_nifti(root / "labelsTr" / f"{cid}.nii.gz", lab, affine, dtype=np.uint8)
+        training.append({"image": f"./imagesTr/{cid}.nii.gz", "label": f"./labelsTr/{cid}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({
+        "name": "spheres", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "big", "2": "small"},
+        "numTraining": len(training), "training": training, "test": [],
+    }))
+    run = tmp_path / "run"
+    rc = main(["--manifest", str(root / "dataset.json"), "--config", "2d", "--output", str(run), "--device", "cpu",
+               "--quiet", *_sets(*TINY, "data.patch_size=[16,16]", "train.folds=2")])
+    assert rc == 0
+    record = json.loads((run / "run.json").read_text())
+    assert len(record["inputs"]["train_cases"]) == 2 and len(record["inputs"]["val_cases"]) == 2
+    assert record["result"]["last_validation"]["n_cases"] == 2
