@@ -112,6 +112,32 @@ def _found_labels(*arrays: np.ndarray) -> set[int]:
     return found
 
 
+def _check_label_values(what: str, array: np.ndarray, path: Path) -> None:
+    """ScanError naming ``path`` unless ``array`` holds integer label values."""
+    if array.dtype == bool or np.issubdtype(array.dtype, np.integer):
+        return
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ScanError(f"{what} {path}: label volume of dtype {array.dtype}; expected integer labels")
+    values = np.unique(array)
+    fractional = values[~np.isfinite(values) | (values != np.round(values))]
+    if fractional.size:
+        shown = ", ".join(f"{v:g}" for v in fractional[:5])
+        raise ScanError(f"{what} {path}: label volume holds non-integer values ({shown}"
+                        f"{', ...' if fractional.size > 5 else ''}); expected integer labels, "
+                        "save the labels with an integer type")
+
+
+def _warn_unmapped(case_id: str, labels: Mapping[str, int], ref: np.ndarray, ref_path: Path,
+                   pred: np.ndarray, pred_path: Path) -> None:
+    """Log the label values of a volume that the label map does not name (not evaluated)."""
+    known = {int(v) for v in labels.values()} | {0}
+    for what, array, path in (("reference", ref, ref_path), ("prediction", pred, pred_path)):
+        extra = sorted(_found_labels(array) - known)
+        if extra:
+            log.warning("%s: %s %s holds label values %s that are not in the label map %s; "
+                        "they are not evaluated", case_id, what, path, extra, dict(labels))
+
+
 def _evaluate_task(task: dict) -> dict:
     """Worker: read one pair, check the grids, compute the rows (and the overlay slice)."""
     from medresunet.io import read_volume
@@ -129,9 +155,13 @@ def _evaluate_task(task: dict) -> dict:
                     f"{_affine_gap(pred_geom, ref_geom)}); pass --resample-pred-to-ref to resample "
                     "the prediction (nearest neighbour)")
             pred = resample_nearest(pred, pred_geom.affine, ref_geom.affine, ref_geom.shape)
+        for what, array, path in (("reference", ref, task["ref"]), ("prediction", pred, task["pred"])):
+            _check_label_values(what, array, path)
         labels = task["labels"]
         if labels is None:
             labels = {f"label_{v}": v for v in sorted(_found_labels(pred, ref))}
+        else:
+            _warn_unmapped(case_id, labels, ref, task["ref"], pred, task["pred"])
         rows = case_metrics(pred, ref, ref_geom.spacing, labels, task["nsd_tolerance_mm"], task["empty_distance"])
         overlay = None
         if task["overlay"]:

@@ -91,6 +91,9 @@ class _Problems:
     def raise_if_any(self) -> None:
         if not self.items:
             return
+        if len(self.items) == 1:  # one problem: one line naming the manifest and the problem
+            raise ManifestError(f"manifest {self.path}: {self.items[0]}; fix the manifest "
+                                "(schema: data_manifests/README.md)")
         shown = self.items[:_MAX_LISTED]
         more = len(self.items) - len(shown)
         lines = "\n  ".join(shown + ([f"... and {more} more"] if more else []))

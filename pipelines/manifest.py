@@ -200,7 +200,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.check:
         from medresunet.data.checks import check_cases
 
-        check_cases(manifest.cases, manifest.labels, len(manifest.channels), progress=not args.quiet)
+        from medresunet.errors import ManifestError
+
+        try:
+            check_cases(manifest.cases, manifest.labels, len(manifest.channels), progress=not args.quiet)
+        except ManifestError:
+            args.output.unlink(missing_ok=True)  # a manifest that fails its checks is not left behind
+            raise
     n_test = sum(c.split == "test" for c in manifest.cases)
     log.info("wrote %s: %d case(s) (%d labelled, %d test), labels %s", args.output,
              len(manifest.cases), len(manifest.cases) - n_test, n_test, manifest.labels)

@@ -1,6 +1,6 @@
 """Checks of a dataset's files before training: readable, on one grid, valid label values.
 
-:func:`check_cases` reads every image header and every label volume once and raises a
+:func:`check_cases` reads every image and every label volume once and raises a
 single :class:`~medresunet.errors.ManifestError` listing every bad case with its file and
 the problem (expected vs got), so that a user fixes the whole dataset in one pass instead
 of meeting the problems one crash at a time mid-training. Imports no torch.
@@ -62,7 +62,7 @@ def _label_value_problems(array: np.ndarray, allowed: set[int]) -> list[str]:
 
 
 def _check_case(case: Case, allowed: set[int], n_channels: int) -> list[str]:
-    from medresunet.io.reading import read_geometry, read_volume
+    from medresunet.io.reading import read_volume
 
     problems: list[str] = []
     if len(case.images) != n_channels:
@@ -71,10 +71,14 @@ def _check_case(case: Case, allowed: set[int], n_channels: int) -> list[str]:
     ref_name = ""
     for index, image in enumerate(case.images):
         try:
-            geo = read_geometry(image)
+            array, geo = read_volume(image)  # in full: truncated/corrupt data, NaN/Inf voxels
         except ScanError as err:
             problems.append(f"image {image}: unreadable: {err}")
             continue
+        if array.size and np.ptp(array) == 0:  # suspicious, not fatal: warn and go on
+            log.warning("case %r: image %s: every voxel has the value %g; expected a scan with "
+                        "contrast (an empty or failed export?)", case.case_id, image, array.flat[0])
+        del array
         if ref is None:
             ref, ref_name = geo, f"image {image}"
             continue
@@ -103,7 +107,9 @@ def check_cases(cases: Sequence[Case], labels: Mapping[str, int], n_channels: in
     Checks, per case: the number of images is ``n_channels``; every image (file or DICOM
     folder) and the label are readable; all channels share one grid (same shape, affines
     equal within 1e-3 mm); the label lies on the image grid; label values are integers
-    and in ``labels``. Images are read header-only; labels are read in full.
+    and in ``labels``. Images and labels are read in full, so that truncated or corrupt
+    voxel data, NaN/Inf intensities are found before training (an all-constant image is
+    logged as a warning).
 
     Args:
         cases: the cases to check (e.g. ``Manifest.cases`` or a training split).
@@ -124,6 +130,8 @@ def check_cases(cases: Sequence[Case], labels: Mapping[str, int], n_channels: in
         if problems:
             n_bad += 1
             bad += [f"case {case.case_id!r}: {p}" for p in problems]
+    if len(bad) == 1:  # one problem: one line
+        raise ManifestError(f"1 of {len(cases)} case(s) failed the dataset checks: {bad[0]}")
     if bad:
         shown = bad[:_MAX_LISTED]
         more = [f"... and {len(bad) - len(shown)} more"] if len(bad) > len(shown) else []

@@ -7,7 +7,10 @@ failure is a :class:`~medresunet.errors.ScanError` whose message starts with the
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -93,9 +96,59 @@ def _nifti_geometry(path: Path, img) -> Geometry:
                     sform=None if sform is None else np.asarray(sform), sform_code=int(scode))
 
 
+def _nifti_bytes(path: Path) -> bytes | None:
+    """The whole decompressed content of a ``.nii.gz`` (CRC checked), or None for ``.nii``.
+
+    nibabel reads a gzip stream only up to the end of the voxel data and never checks
+    the trailing CRC, so a damaged deflate stream can decode to wrong voxels silently;
+    decompressing it whole here checks the CRC and the length.
+    """
+    if not path.name.lower().endswith(".gz"):
+        return None
+    try:
+        return gzip.decompress(path.read_bytes())
+    except (OSError, EOFError, zlib.error) as err:
+        raise ScanError(f"{path}: not a valid gzip file, the compressed data are corrupt or "
+                        f"truncated ({_reason(err)}); re-export or re-copy the file") from err
+
+
+def _image_from_bytes(path: Path, raw: bytes):
+    import nibabel as nib
+
+    klass = nib.Nifti1Image
+    if len(raw) >= 4 and 540 in struct.unpack("<i", raw[:4]) + struct.unpack(">i", raw[:4]):
+        klass = nib.Nifti2Image
+    try:
+        return klass.from_bytes(raw)
+    except Exception as err:
+        raise ScanError(f"{path}: not a readable NIfTI file ({_reason(err)})") from err
+
+
+def _check_data_size(path: Path, img, available: int) -> None:
+    """Refuse a header whose shape and type need more bytes than the file holds.
+
+    Checked before reading, so that a damaged header (a huge dimension) gives a clear
+    error instead of a giant allocation.
+    """
+    hdr = img.header
+    try:
+        offset = int(hdr.get_data_offset())
+        itemsize = int(np.dtype(hdr.get_data_dtype()).itemsize)
+        n_voxels = int(np.prod([int(s) for s in img.shape], dtype=object))
+    except Exception as err:
+        raise ScanError(f"{path}: invalid NIfTI header ({_reason(err)})") from err
+    needed = offset + n_voxels * itemsize
+    if offset < 0 or needed > available:
+        raise ScanError(f"{path}: corrupt or truncated NIfTI data: the header describes "
+                        f"{tuple(int(s) for s in img.shape)} voxels of {hdr.get_data_dtype()} "
+                        f"({needed} bytes with the header), the file holds {available} bytes")
+
+
 def _read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
-    img = _nifti_image(path)
+    raw = _nifti_bytes(path)
+    img = _nifti_image(path) if raw is None else _image_from_bytes(path, raw)
     geometry = _nifti_geometry(path, img)
+    _check_data_size(path, img, len(raw) if raw is not None else path.stat().st_size)
     try:
         array = np.asanyarray(img.dataobj)  # applies scl_slope / scl_inter
     except Exception as err:
