@@ -46,7 +46,7 @@ QUICK_SET = [
     "train.epochs=2",
     "train.steps_per_epoch=2",
     "train.batch_size=1",
-    "train.val_interval=1",
+    "train.val_interval=2",
     "train.warmup_epochs=0",
     "infer.sw_batch_size=1",
 ]

@@ -7,7 +7,7 @@ they do between scanners:
 
 * 1 ``liver``: a large, smoothly deformed ellipsoid on the patient's right;
 * 2 ``kidney``: a medium deformed ellipsoid, left and posterior;
-* 3 ``lesion``: a small (about 5-12 mL) hypodense blob inside the liver.
+* 3 ``lesion``: a small (about 5-12 mL) hypodense, cyst-like blob inside the liver.
 
 Intensities are CT-like HU (or MR-like for ``modality="MR"``) with a smooth tissue texture,
 partial-volume blur, a smooth multiplicative bias field and white (CT) or Rician (MR) noise.
@@ -39,7 +39,7 @@ TISSUES: dict[str, tuple[float, float]] = {
     "bone": (450.0, 150.0),
     "liver": (100.0, 550.0),
     "kidney": (170.0, 750.0),
-    "lesion": (35.0, 250.0),
+    "lesion": (5.0, 250.0),
 }
 # (kind, spacing mm) of successive demo cases: isotropic, thick slices, LPS, oblique.
 DEMO_GRIDS: tuple[tuple[str, tuple[float, float, float]], ...] = (
