@@ -2,12 +2,14 @@
 
 Exit codes (DESIGN.md section 4): 0 all done, 1 some cases failed, 2 bad usage, config,
 manifest or checkpoint. A user error prints one line on stderr, no traceback, unless
-``--debug`` is given.
+``--debug`` is given. A write that fails for lack of space or permission (full disk,
+read-only output) is one line naming the file and exit code 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -17,6 +19,8 @@ from medresunet.errors import MedresunetError, ScanError
 EXIT_OK = 0
 EXIT_FAILED_CASES = 1
 EXIT_USAGE = 2
+# errno values of a failed write that the user fixes outside the tool: one line, exit 1
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,6 +58,14 @@ def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.Argumen
             raise
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return EXIT_FAILED_CASES if isinstance(err, ScanError) else EXIT_USAGE
+    except OSError as err:  # the machine, not the input: full disk, read-only or missing output folder
+        if getattr(args, "debug", False) or err.errno not in _WRITE_ERRNOS:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"{parser.prog}: error: {where}cannot write ({err.strerror or err}); free disk space or "
+              "choose a writable --output, then run the command again (finished outputs are kept)",
+              file=sys.stderr)
+        return EXIT_FAILED_CASES
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130

@@ -89,6 +89,10 @@ def _run(args: argparse.Namespace) -> int:
     if not args.nsd_tolerance >= 0:
         raise UsageError(f"--nsd-tolerance must be >= 0 mm, got {args.nsd_tolerance}")
     existing = [name for name in OUTPUT_FILES if (args.output / name).exists()]
+    if existing and not args.overwrite and not (args.output / "run.json").exists():
+        # run.json is written last: without it the reports are those of an interrupted run
+        log.warning("%s: reports of an interrupted run (no run.json); replacing them", args.output)
+        existing = []
     if existing and not args.overwrite:
         raise UsageError(f"{args.output}: reports exist already ({', '.join(existing)}); "
                          "pass --overwrite to replace them or choose another --output")

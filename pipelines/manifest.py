@@ -199,7 +199,6 @@ def _run(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.output)
     if args.check:
         from medresunet.data.checks import check_cases
-
         from medresunet.errors import ManifestError
 
         try:

@@ -41,17 +41,29 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path; on success fsync it and rename it onto ``target``.
 
     The caller writes the whole file to the yielded path (with any library). If the
-    block raises, the temporary file is removed and ``target`` is left untouched.
+    block raises, the temporary file is removed and ``target`` is left untouched; an
+    ``OSError`` (e.g. ENOSPC, EROFS) is re-raised with ``target`` as its file name.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path_for(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temporary_path_for(target)
+    except OSError as err:
+        if err.errno is None:
+            raise
+        raise OSError(err.errno, err.strerror or str(err), str(target)) from err
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
         _fsync_dir(target.parent)
+    except OSError as err:  # full disk, read-only folder...: name the target, not the temporary
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if err.errno is None:
+            raise
+        raise OSError(err.errno, err.strerror or str(err), str(target)) from err
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
