@@ -52,6 +52,7 @@ def _run(tmp_path, cfg, name="run", **kw):
     torch.manual_seed(123)  # model init independent of test order
     model = build_network(cfg.model, 1, len(LABELS))
     train_ds, val = _data(cfg.model.spatial_dims)
+    _run.model = model
     return train(config=cfg, model=model, model_kwargs=network_kwargs(cfg.model, 1, len(LABELS)),
                  train_data=train_ds, val_data=val, labels=LABELS, input_channels=["CT"],
                  preprocessing=_Prep(), background=[0.0], run_dir=tmp_path / name,
@@ -72,9 +73,7 @@ def test_two_iterations_checkpoint_reloads(tmp_path, dims):
         assert ckpt["train_state"]["global_step"] == 2
     ckpt = load_checkpoint(res.run_dir / "last.pt")
     again = model_from_checkpoint(ckpt)
-    ref = build_network(cfg.model, 1, len(LABELS))
-    ref.load_state_dict(ckpt["state_dict"])
-    ref.eval()
+    ref = _run.model.eval()  # the trained network itself
     shape = (1, 1, 16, 16, 16) if dims == 3 else (1, 1, 16, 16)
     x = torch.randn(shape)
     with torch.no_grad():
