@@ -122,6 +122,7 @@ def _run(args: argparse.Namespace) -> int:
     from medresunet.data.preprocessing import Preprocessing
     from medresunet.networks import build_network, network_kwargs
     from medresunet.training.loop import train
+    from medresunet.training.state import seed_everything
 
     if ckpt is not None:
         prep = Preprocessing.from_dict(ckpt["preprocessing"])
@@ -131,6 +132,7 @@ def _run(args: argparse.Namespace) -> int:
     train_data, val_data, background = _datasets(train_cases, val_cases, prep, config, args.quiet)
     out_channels = max(manifest.labels.values()) + 1
     kwargs = network_kwargs(config.model, len(manifest.channels), out_channels)
+    seed_everything(config.train.seed)  # the initial weights depend on the seed only
     model = build_network(config.model, len(manifest.channels), out_channels)
 
     run_dir.mkdir(parents=True, exist_ok=True)
