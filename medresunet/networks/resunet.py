@@ -166,6 +166,23 @@ class ResidualUNet(nn.Module):
         ) if self.deep_supervision else nn.ModuleList()
 
     @property
+    def memory_format(self) -> torch.memory_format:
+        """The memory format of the weights: ``model.to(memory_format=...)`` opts in.
+
+        With channels-last weights (``torch.channels_last_3d`` / ``torch.channels_last``)
+        the input is converted to that layout once at the start of :meth:`forward`, so
+        every layer runs channels-last (oneDNN's fast convolution layout on the CPU: 1.7x
+        on the full-resolution 3x3x3 convolutions here) and the caller needs no
+        ``.contiguous(memory_format=...)`` of its own. In eval mode the logits are
+        returned in the standard contiguous layout.
+        """
+        weight = self.encoder[0][0].conv2.weight  # a 3x3(x3) kernel: the layout is unambiguous
+        cl = torch.channels_last_3d if weight.ndim == 5 else torch.channels_last
+        if weight.is_contiguous(memory_format=cl) and not weight.is_contiguous():
+            return cl
+        return torch.contiguous_format
+
+    @property
     def total_stride(self) -> int:
         """The total downsampling factor, ``2 ** (len(channels) - 1)``."""
         return 2 ** (len(self.channels) - 1)
@@ -199,13 +216,20 @@ class ResidualUNet(nn.Module):
             for s, t in zip(reversed(spatial), reversed(target), strict=True):
                 pad += [0, t - s]
             x = F.pad(x, pad)
+        fmt = self.memory_format
+        if fmt is not torch.contiguous_format:
+            x = x.contiguous(memory_format=fmt)
 
         skips: list[torch.Tensor] = []
         for level, stage in enumerate(self.encoder):
             if level > 0 and self.pool is not None:
                 # CPU autocast runs max_pool3d in fp32 (a copy and a cast for nothing):
                 # max-pooling is exact in any precision, so pool in the input's dtype.
-                with torch.autocast(x.device.type, enabled=False):
+                # (Only where autocast exists: a meta-device copy counts FLOPs.)
+                if x.device.type in ("cpu", "cuda"):
+                    with torch.autocast(x.device.type, enabled=False):
+                        x = self.pool(x)
+                else:
                     x = self.pool(x)
             x = stage(x)
             skips.append(x)
@@ -221,6 +245,8 @@ class ResidualUNet(nn.Module):
             if self.training and self.deep_supervision and level > 0:
                 outputs.append(self._crop(self.ds_heads[level - 1](x), spatial, 2**level))
         logits = self._crop(self.head(x), spatial, 1)
+        if fmt is not torch.contiguous_format and not self.training:
+            logits = logits.contiguous()  # (B, K, *spatial) is small; callers expect NC(D)HW
         if self.training and self.deep_supervision:
             return (logits, *reversed(outputs))
         return logits
