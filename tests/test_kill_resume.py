@@ -180,7 +180,9 @@ def test_sigkill_mid_epoch_in_validation_and_in_checkpoint_write_then_resume(kil
 @pytest.mark.xfail(reason="training/loop.py + data/ (datasets, transforms): training is not reproducible "
                           "across processes for a fixed seed: two uninterrupted CPU runs of this config "
                           "already differ (max |dw| ~ 1 after 6 steps, epoch-1 loss 1.99 vs 1.50), so a "
-                          "resumed run cannot match an uninterrupted one", strict=True)
+                          "resumed run cannot match an uninterrupted one. Not strict: the difference is "
+                          "racy, about one run in three matches, so a strict xfail would be flaky",
+                   strict=False)
 def test_resumed_run_has_the_weights_of_an_uninterrupted_run(dataset, killed_three_times, tmp_path):
     run = tmp_path / "uninterrupted"
     proc = _train(dataset, run)
