@@ -127,6 +127,10 @@ class ResidualBlock(nn.Module):
         residual = self.shortcut(x)
         y = self.act1(self.norm1(self.conv1(x)))
         y = self.norm2(self.conv2(self.dropout(y)))
+        if y.dtype == residual.dtype and y.shape == residual.shape:
+            # In place: y is a fresh tensor that no backward needs (norm and conv backward
+            # read their inputs), so the sum needs no new full-size buffer.
+            return self.act2(y.add_(residual))
         return self.act2(y + residual)
 
 
