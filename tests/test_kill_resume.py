@@ -11,9 +11,8 @@ deterministic point; no fault-injection hook in the library). One run is killed
 
 each time resumed with ``--resume``. After every kill
 ``last.pt`` and ``best.pt`` load cleanly and hold the last complete epoch; the resumed run
-finishes the planned epochs and steps. That it also ends with the weights of an
-uninterrupted run of the same seed is an xfail routed to training/ (runs are not
-reproducible across processes yet).
+finishes the planned epochs and steps, and ends with the weights of an uninterrupted
+run of the same seed (CPU, fp32, within 1e-4 relative).
 """
 
 from __future__ import annotations
@@ -177,12 +176,6 @@ def test_sigkill_mid_epoch_in_validation_and_in_checkpoint_write_then_resume(kil
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="training/loop.py + data/ (datasets, transforms): training is not reproducible "
-                          "across processes for a fixed seed: two uninterrupted CPU runs of this config "
-                          "already differ (max |dw| ~ 1 after 6 steps, epoch-1 loss 1.99 vs 1.50), so a "
-                          "resumed run cannot match an uninterrupted one. Not strict: the difference is "
-                          "racy, about one run in three matches, so a strict xfail would be flaky",
-                   strict=False)
 def test_resumed_run_has_the_weights_of_an_uninterrupted_run(dataset, killed_three_times, tmp_path):
     run = tmp_path / "uninterrupted"
     proc = _train(dataset, run)
