@@ -53,7 +53,7 @@ def make_affine(kind: str = "ras", spacing=(1.0, 1.0, 1.0), origin=(-20.0, 15.0,
 def ellipsoid(shape, center, radii) -> np.ndarray:
     """Boolean ellipsoid (radii in voxels) on a grid of ``shape``."""
     grids = np.ogrid[tuple(slice(0, n) for n in shape)]
-    dist = sum(((g - c) / r) ** 2 for g, c, r in zip(grids, center, radii))
+    dist = sum(((g - c) / r) ** 2 for g, c, r in zip(grids, center, radii, strict=True))
     return dist <= 1.0
 
 
