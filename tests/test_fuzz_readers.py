@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from medresunet.errors import ScanError
@@ -69,6 +69,7 @@ def _read_both(path: Path) -> None:
 @pytest.mark.slow
 @FUZZ
 @given(changes=mutations, cut=st.one_of(st.none(), st.integers(0, len(NIFTI))), gz=st.booleans())
+@example(changes=[(42, 0)], cut=None, gz=False)  # dim[1] = 0: an empty axis
 def test_mutated_nifti_header(changes, cut, gz):
     data = _mutate(NIFTI, changes, cut)
     path = _WORK / ("m.nii.gz" if gz else "m.nii")

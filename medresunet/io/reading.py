@@ -62,6 +62,8 @@ def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
         shape = shape[:3]
     if len(shape) < 2:
         raise ScanError(f"{path}: image of shape {shape}; expected a 2D or 3D scan")
+    if min(shape) < 1:
+        raise ScanError(f"{path}: image of shape {shape} has an empty dimension")
     return shape
 
 
