@@ -70,6 +70,7 @@ def _read_both(path: Path) -> None:
 @FUZZ
 @given(changes=mutations, cut=st.one_of(st.none(), st.integers(0, len(NIFTI))), gz=st.booleans())
 @example(changes=[(42, 0)], cut=None, gz=False)  # dim[1] = 0: an empty axis
+@example(changes=[(259, 63)], cut=None, gz=False)  # quatern_b > 1: no valid quaternion
 def test_mutated_nifti_header(changes, cut, gz):
     data = _mutate(NIFTI, changes, cut)
     path = _WORK / ("m.nii.gz" if gz else "m.nii")

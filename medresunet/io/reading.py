@@ -88,9 +88,12 @@ def _nifti_image(path: Path):
 
 def _nifti_geometry(path: Path, img) -> Geometry:
     shape = _spatial_shape(path, img.shape)
-    qform, qcode = img.header.get_qform(coded=True)
-    sform, scode = img.header.get_sform(coded=True)
-    affine = np.asarray(img.affine, dtype=np.float64)
+    try:  # nibabel raises plain ValueErrors on impossible quaternions, codes or pixdims
+        qform, qcode = img.header.get_qform(coded=True)
+        sform, scode = img.header.get_sform(coded=True)
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except (ValueError, TypeError, ArithmeticError) as err:
+        raise ScanError(f"{path}: invalid orientation header ({_reason(err)})") from err
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise ScanError(f"{path}: invalid voxel -> world affine {affine.tolist()}")
     return Geometry(shape=shape, affine=affine, source="nifti",
