@@ -19,7 +19,7 @@ def test_help_is_instant_and_imports_no_torch():
     code = ("import sys\nfrom pipelines.demo import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
             "assert 'torch' not in sys.modules and 'monai' not in sys.modules, 'torch imported'\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=60)
     assert done.returncode == 0, done.stderr
     assert "--minutes" in done.stdout and "--quick" in done.stdout
 

@@ -81,7 +81,7 @@ def _assert_same_geometry(out: Path, scan: Path) -> None:
 def test_help_does_not_import_torch():
     code = ("import sys\nfrom pipelines import infer\ntry:\n    infer.main(['--help'])\n"
             "except SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch imported'\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "--stitch-device" in proc.stdout and "--tta" in proc.stdout
 
@@ -136,7 +136,7 @@ def test_bad_scans_are_reported_and_the_others_written(tmp_path, model):
     proc = subprocess.run(
         [sys.executable, "-m", "pipelines.infer", "--model", str(model), "--input", str(tmp_path / "in"),
          "--output", str(out), "--device", "cpu", "--quiet"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+        cwd=REPO, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     for case_id in ("good", "other"):

@@ -62,7 +62,7 @@ def _arm(point: str) -> None:
 
 def _run(module: str, point: str, args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, __file__, module, point, *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          text=True, encoding="utf-8", errors="replace", timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def _final_files_readable(folder: Path) -> list[Path]:

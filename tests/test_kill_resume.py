@@ -109,7 +109,7 @@ def _train(manifest: Path, run: Path, *, resume: bool = False, point: str | None
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     if not wait:
         return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=240)
 
 
 def _state(run: Path) -> dict:

@@ -125,5 +125,5 @@ def test_help_imports_no_torch() -> None:
     code = ("import sys\nfrom pipelines.manifest import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "sys.exit(3 if 'torch' in sys.modules else 0)")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", errors="replace", check=False)
     assert res.returncode == 0 and "--images" in res.stdout

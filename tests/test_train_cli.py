@@ -54,7 +54,7 @@ def dataset(tmp_path_factory):
 def test_help_does_not_import_torch():
     code = ("import sys\nfrom pipelines.train import main\ntry:\n    main(['--help'])\n"
             "except SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch imported'\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "--max-minutes" in proc.stdout
 
