@@ -1,7 +1,8 @@
 """Shared command-line plumbing: common flags, logging, and error -> exit code mapping.
 
 Exit codes (DESIGN.md section 4): 0 all done, 1 some cases failed, 2 bad usage, config,
-manifest or checkpoint. A user error prints one line on stderr, no traceback, unless
+manifest or checkpoint; 1 also when, under torchrun, another rank died (a collective
+failed or timed out). A user error prints one line on stderr, no traceback, unless
 ``--debug`` is given. A write that fails for lack of space or permission (full disk,
 read-only output) is one line naming the file and exit code 1.
 """
@@ -14,6 +15,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from medresunet.distributed import DistributedError
 from medresunet.errors import MedresunetError, ScanError
 
 EXIT_OK = 0
@@ -57,7 +59,8 @@ def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.Argumen
         if getattr(args, "debug", False):
             raise
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return EXIT_FAILED_CASES if isinstance(err, ScanError) else EXIT_USAGE
+        # a failed scan, or a failed collective (another rank died): 1; the user's input: 2
+        return EXIT_FAILED_CASES if isinstance(err, (ScanError, DistributedError)) else EXIT_USAGE
     except OSError as err:  # the machine, not the input: full disk, read-only or missing output folder
         if getattr(args, "debug", False) or err.errno not in _WRITE_ERRNOS:
             raise

@@ -5,6 +5,14 @@ scan's own geometry. A scan that fails is reported with its path and reason and 
 on; the command then exits 1 with the list of failures. ``OUTPUT/run.json`` records inputs,
 outputs, per-scan timing, device, precision and versions. With ``--labels`` the outputs are
 also evaluated against reference labels into ``OUTPUT/report/``.
+
+Sharding (:mod:`medresunet.distributed`). ``--shard I/N`` (0-based, ``0 <= I < N``) segments
+only the scans whose position in the sorted list of scans is ``I`` modulo ``N``: N jobs
+with I = 0 .. N-1 (a SLURM job array) cover every scan exactly once; each writes
+``OUTPUT/run.shard<I>of<N>.json`` (no merged run.json). Under ``torchrun`` the shard is the
+rank: each rank uses its own GPU (``cuda:LOCAL_RANK``), writes ``OUTPUT/run.rank<k>.json``,
+and rank 0 merges every rank's records and failures into ``OUTPUT/run.json``, evaluates
+(``--labels``) and prints the failure list; every rank exits 1 if any scan failed.
 """
 
 from __future__ import annotations
@@ -51,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=Path, default=None,
                    help="reference labels (folder or manifest): also write OUTPUT/report/")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="segment only shard I of N (0-based, 0 <= I < N): the scans whose index in the "
+                        "sorted scan list is I modulo N; writes OUTPUT/run.shard<I>of<N>.json "
+                        "(for job arrays; under torchrun the rank is the shard)")
     return p
 
 
@@ -67,6 +79,16 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--labels {args.labels}: no such folder or manifest")
     if args.output.exists() and not args.output.is_dir():
         raise UsageError(f"--output {args.output}: exists and is not a folder")
+    if args.shard is not None:
+        from medresunet.distributed import parse_shard, under_torchrun
+
+        args.shard_index, args.shard_count = parse_shard(args.shard)
+        if under_torchrun():
+            raise UsageError("--shard under torchrun: the ranks shard the scans already; "
+                             "use one or the other")
+        if args.labels is not None:
+            raise UsageError("--labels with --shard: a shard sees only part of the outputs; "
+                             "evaluate all of them afterwards with medresunet-eval")
 
 
 def _reason(err: BaseException, path: Path) -> str:
@@ -139,26 +161,45 @@ def _evaluate(args: argparse.Namespace, outputs: dict[str, Path], images: dict[s
     return {k: str(v) for k, v in paths.items()}, [(c, f"evaluation: {r}") for c, r in failures]
 
 
-def _run(args: argparse.Namespace) -> int:  # noqa: C901 - one linear workflow
+def _run(args: argparse.Namespace) -> int:
+    from medresunet import distributed
+
+    _check_args(args)
+    with distributed.session(args.device) as (dist, device):
+        return _run_rank(args, dist, device)
+
+
+def _run_rank(args: argparse.Namespace, dist: Any, device: Any) -> int:  # noqa: C901 - one linear workflow
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
 
+    from medresunet import distributed
     from medresunet.inference.predictor import Predictor
     from medresunet.io import discover_scans, write_probabilities, write_segmentation
     from medresunet.runinfo import environment_info, write_run_json
     from medresunet.training.checkpoint import load_checkpoint
 
-    _check_args(args)
     _quiet_third_party()
     started = time.time()
-    scans = discover_scans(args.input)
-    if not scans:
+    all_scans = discover_scans(args.input)
+    if not all_scans:
         from medresunet.errors import UsageError
 
         raise UsageError(f"--input {args.input}: no scans found (NIfTI, NRRD, MHA or DICOM series folders)")
+    if dist.enabled:
+        shard_index, shard_count, record_name = dist.rank, dist.world_size, f"run.rank{dist.rank}.json"
+    elif args.shard is not None:
+        shard_index, shard_count = args.shard_index, args.shard_count
+        record_name = f"run.shard{shard_index}of{shard_count}.json"
+    else:
+        shard_index, shard_count, record_name = 0, 1, "run.json"
+    scans = distributed.shard(all_scans, shard_index, shard_count)
+    if shard_count > 1:
+        log.info("shard %d of %d (0-based): %d of %d scan(s)", shard_index, shard_count, len(scans),
+                 len(all_scans))
     checkpoint = _load_checkpoint(args.model, load_checkpoint)
-    predictor = Predictor(checkpoint, device=args.device, overlap=args.overlap,
+    predictor = Predictor(checkpoint, device=device, overlap=args.overlap,
                           sw_batch_size=args.sw_batch_size, tta=args.tta, precision=args.precision,
                           stitch_device=args.stitch_device, largest_component=args.largest_component,
                           min_component_ml=args.min_component_ml)
@@ -182,7 +223,8 @@ def _run(args: argparse.Namespace) -> int:  # noqa: C901 - one linear workflow
     def load(scan):
         return predictor.load([scan.path], args.series_uid)
 
-    bar = tqdm(total=len(todo), desc="infer", unit="scan", disable=args.quiet, file=sys.stderr)
+    bar = tqdm(total=len(todo), desc="infer" if shard_count == 1 else f"infer {shard_index}/{shard_count}",
+               unit="scan", disable=args.quiet, file=sys.stderr, position=shard_index if dist.enabled else None)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
         pending = pool.submit(load, todo[0]) if todo else None
         for i, scan in enumerate(todo):
@@ -214,23 +256,50 @@ def _run(args: argparse.Namespace) -> int:  # noqa: C901 - one linear workflow
             bar.update(1)
     bar.close()
 
+    settings = {"device": str(predictor.device), "precision": predictor.precision,
+                "overlap": predictor.overlap, "sw_batch_size": predictor.sw_batch_size,
+                "tta": predictor.tta, "stitch_device": predictor.stitch_device,
+                "largest_component": predictor.largest_component,
+                "min_component_ml": predictor.min_component_ml, "series_uid": args.series_uid,
+                "overwrite": args.overwrite}
+    shard_info = {"index": shard_index, "count": shard_count, "n_scans": len(scans),
+                  "n_scans_total": len(all_scans)}
+    if dist.enabled:  # this rank's own record, then rank 0 merges every rank's
+        write_run_json(args.output / record_name, {
+            "command": PROG, "environment": environment_info(predictor.device), "checkpoint": str(args.model),
+            "input": str(args.input), "output": str(args.output), "settings": settings,
+            "shard": {**shard_info, "rank": dist.rank, "world_size": dist.world_size},
+            "cases": sorted(records, key=lambda r: r["case_id"]), "failures": [list(f) for f in failures],
+            "seconds": round(time.time() - started, 2)})
+        gathered = distributed.all_gather_object(
+            dist, {"rank": dist.rank, "records": records, "failures": failures,
+                   "outputs": {k: str(v) for k, v in outputs.items()}, "device": str(predictor.device)})
+        if not dist.is_main:
+            n_failed = sum(len(g["failures"]) for g in gathered)
+            return EXIT_FAILED_CASES if n_failed else EXIT_OK
+        records = [r for g in gathered for r in g["records"]]
+        failures = [tuple(f) for g in gathered for f in g["failures"]]
+        outputs = {k: Path(v) for g in gathered for k, v in g["outputs"].items()}
+        settings["device"] = [g["device"] for g in gathered]
+        skipped = [r for r in records if r["status"] == "skipped"]
+        scans = all_scans
+        shard_info = {"world_size": dist.world_size, "backend": dist.backend,
+                      "per_rank": [{"rank": g["rank"], "n_scans": len(g["records"]),
+                                    "record": str(args.output / f"run.rank{g['rank']}.json")} for g in gathered]}
+        record_name = "run.json"
     report: dict[str, Any] = {}
     if args.labels is not None and outputs:
         images = {s.case_id: s.path for s in scans if s.path.is_file()}
         report, eval_failures = _evaluate(args, outputs, images, predictor.labels)
         failures += eval_failures
-    write_run_json(args.output / "run.json", {
+    write_run_json(args.output / record_name, {
         "command": PROG,
         "environment": environment_info(predictor.device),
         "checkpoint": str(args.model),
         "input": str(args.input),
         "output": str(args.output),
-        "settings": {"device": str(predictor.device), "precision": predictor.precision,
-                     "overlap": predictor.overlap, "sw_batch_size": predictor.sw_batch_size,
-                     "tta": predictor.tta, "stitch_device": predictor.stitch_device,
-                     "largest_component": predictor.largest_component,
-                     "min_component_ml": predictor.min_component_ml, "series_uid": args.series_uid,
-                     "overwrite": args.overwrite},
+        "settings": settings,
+        **({"shard": shard_info} if shard_count > 1 or args.shard is not None else {}),
         "labels": predictor.labels,
         "cases": sorted(records, key=lambda r: r["case_id"]),
         "report": report,

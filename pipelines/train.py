@@ -13,6 +13,13 @@ On ``--resume`` the run's own config (stored in ``last.pt``) and preprocessing a
 ``--config`` may be left out (if given it is ignored), ``--set`` overrides and
 ``--epochs`` apply on top (``--epochs`` larger than the run's extends it, and the
 learning-rate decay is recomputed over the new horizon).
+
+Under ``torchrun`` (``torchrun --nproc-per-node N -m pipelines.train ...``) the same
+command trains with DistributedDataParallel (:mod:`medresunet.distributed`): each rank
+caches and samples its own share of the training cases, ``train.batch_size`` is the batch
+of each rank (the global batch is N times larger; the learning rate is used as given),
+rank 0 alone writes the run folder, and a rank that dies ends the job with a one-line
+error and exit code 1 after at most ``MEDRESUNET_DIST_TIMEOUT_S`` seconds.
 """
 
 from __future__ import annotations
@@ -91,12 +98,19 @@ def _check_args(args: argparse.Namespace, run_dir: Path) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from medresunet import distributed
+
+    with distributed.session(args.device) as (dist, device):
+        return _run_rank(args, dist, device)
+
+
+def _run_rank(args: argparse.Namespace, dist: Any, device: Any) -> int:  # noqa: C901 - one linear workflow
     import yaml
 
+    from medresunet import distributed
     from medresunet.config import config_to_dict
     from medresunet.data.checks import check_cases
-    from medresunet.devices import resolve_device
-    from medresunet.errors import ManifestError
+    from medresunet.errors import ManifestError, UsageError
     from medresunet.manifest import load_manifest, split_cases
     from medresunet.runinfo import environment_info, write_run_json
 
@@ -105,15 +119,20 @@ def _run(args: argparse.Namespace) -> int:
     run_dir = Path(args.output)
     _check_args(args, run_dir)
     config, ckpt = _resolve_config(args, run_dir)
+    distributed.barrier(dist)  # every rank has checked --output before rank 0 writes into it
 
     manifest = load_manifest(args.manifest)
     tc = config.train
     train_cases, val_cases = split_cases(manifest, tc.fold, tc.folds, tc.seed)
     if not train_cases:
         raise ManifestError(f"manifest {manifest.path}: no labelled training cases")
-    check_cases([*train_cases, *val_cases], manifest.labels, len(manifest.channels),
-                progress=not args.quiet)
-    device = resolve_device(args.device)
+    if dist.world_size > len(train_cases):
+        raise UsageError(f"{dist.world_size} ranks but only {len(train_cases)} training case(s) in "
+                         f"{manifest.path}: start at most {len(train_cases)} processes")
+    if dist.is_main:  # the others wait for its verdict (and stop with it: torchrun ends the job)
+        check_cases([*train_cases, *val_cases], manifest.labels, len(manifest.channels),
+                    progress=not args.quiet)
+    distributed.barrier(dist)
     logger.info("%d training and %d validation cases from %s; device %s", len(train_cases),
                 len(val_cases), manifest.path, device)
 
@@ -126,19 +145,24 @@ def _run(args: argparse.Namespace) -> int:
 
     if ckpt is not None:
         prep = Preprocessing.from_dict(ckpt["preprocessing"])
-    else:
-        prep = _fingerprint(train_cases, manifest.channels, config, args.quiet)
+    else:  # measured once, on rank 0, from all training cases
+        prep_dict = (_fingerprint(train_cases, manifest.channels, config, args.quiet).to_dict()
+                     if dist.is_main else None)
+        prep = Preprocessing.from_dict(distributed.broadcast_object(dist, prep_dict))
     logger.info("preprocessing: %s", prep.to_dict())
-    train_data, val_data, background = _datasets(train_cases, val_cases, prep, config, args.quiet)
+    own_cases = distributed.shard(train_cases, dist.rank, dist.world_size)  # this rank's share only
+    train_data, val_data, background = _datasets(own_cases, val_cases if dist.is_main else [], prep, config,
+                                                 args.quiet or not dist.is_main)
     out_channels = max(manifest.labels.values()) + 1
     kwargs = network_kwargs(config.model, len(manifest.channels), out_channels)
     seed_everything(config.train.seed)  # the initial weights depend on the seed only
     model = build_network(config.model, len(manifest.channels), out_channels)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     from medresunet.io.atomic import write_text_atomic
 
-    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
     inputs = {
         "manifest": str(manifest.path), "config": None if args.resume else str(args.config),
         "overrides": list(args.set), "resume": bool(args.resume),
@@ -149,14 +173,21 @@ def _run(args: argparse.Namespace) -> int:
         "command": "medresunet-train", "status": "running", "environment": environment_info(device),
         "seed": config.train.seed, "config": config_to_dict(config), "preprocessing": prep.to_dict(),
         "inputs": inputs, "outputs": {}, "time": {"started": started.isoformat(timespec="seconds")},
+        "distributed": {"world_size": dist.world_size, "backend": dist.backend,
+                        "batch_size_per_rank": config.train.batch_size,
+                        "global_batch_size": config.train.batch_size * dist.world_size,
+                        "lr": config.train.lr, "timeout_s": dist.timeout_s if dist.enabled else None},
     }
-    write_run_json(run_dir / "run.json", record)
+    if dist.is_main:
+        write_run_json(run_dir / "run.json", record)
     result = train(
         config=config, model=model, model_kwargs=kwargs, train_data=train_data, val_data=val_data,
         labels=manifest.labels, input_channels=list(manifest.channels), preprocessing=prep,
         background=background, run_dir=run_dir, device=device, resume=bool(args.resume),
-        max_minutes=args.max_minutes, quiet=args.quiet,
+        max_minutes=args.max_minutes, quiet=args.quiet, dist=dist,
     )
+    if not dist.is_main:
+        return EXIT_OK
     record["status"] = "budget_reached" if result.stopped_by_budget else "finished"
     record["outputs"] = {**result.outputs, "config.yaml": str(run_dir / "config.yaml"),
                          "run.json": str(run_dir / "run.json")}
