@@ -199,10 +199,15 @@ def _run_rank(args: argparse.Namespace, dist: Any, device: Any) -> int:  # noqa:
         log.info("shard %d of %d (0-based): %d of %d scan(s)", shard_index, shard_count, len(scans),
                  len(all_scans))
     checkpoint = _load_checkpoint(args.model, load_checkpoint)
-    predictor = Predictor(checkpoint, device=device, overlap=args.overlap,
-                          sw_batch_size=args.sw_batch_size, tta=args.tta, precision=args.precision,
-                          stitch_device=args.stitch_device, largest_component=args.largest_component,
-                          min_component_ml=args.min_component_ml)
+    from medresunet.errors import CheckpointError
+
+    try:
+        predictor = Predictor(checkpoint, device=device, overlap=args.overlap,
+                              sw_batch_size=args.sw_batch_size, tta=args.tta, precision=args.precision,
+                              stitch_device=args.stitch_device, largest_component=args.largest_component,
+                              min_component_ml=args.min_component_ml)
+    except CheckpointError as err:  # name the file: the checkpoint dict does not know it
+        raise CheckpointError(f"{args.model}: {err}") from err
     args.output.mkdir(parents=True, exist_ok=True)
     log.info("%d scan(s); device %s, precision %s, overlap %.2f, tta %s", len(scans), predictor.device,
              predictor.precision, predictor.overlap, predictor.tta)
@@ -292,24 +297,26 @@ def _run_rank(args: argparse.Namespace, dist: Any, device: Any) -> int:  # noqa:
         images = {s.case_id: s.path for s in scans if s.path.is_file()}
         report, eval_failures = _evaluate(args, outputs, images, predictor.labels)
         failures += eval_failures
-    write_run_json(args.output / record_name, {
-        "command": PROG,
-        "environment": environment_info(predictor.device),
-        "checkpoint": str(args.model),
-        "input": str(args.input),
-        "output": str(args.output),
-        "settings": settings,
-        **({"shard": shard_info} if shard_count > 1 or args.shard is not None else {}),
-        "labels": predictor.labels,
-        "cases": sorted(records, key=lambda r: r["case_id"]),
-        "report": report,
-        "failures": [list(f) for f in failures],
-        "seconds": round(time.time() - started, 2),
-    })
-    n_ok = sum(r["status"] == "ok" for r in records)
-    log.info("%d written, %d skipped, %d failed; outputs in %s", n_ok, len(skipped),
-             sum(r["status"] == "failed" for r in records), args.output)
-    report_failures(PROG, failures)
+    try:
+        write_run_json(args.output / record_name, {
+            "command": PROG,
+            "environment": environment_info(predictor.device),
+            "checkpoint": str(args.model),
+            "input": str(args.input),
+            "output": str(args.output),
+            "settings": settings,
+            **({"shard": shard_info} if shard_count > 1 or args.shard is not None else {}),
+            "labels": predictor.labels,
+            "cases": sorted(records, key=lambda r: r["case_id"]),
+            "report": report,
+            "failures": [list(f) for f in failures],
+            "seconds": round(time.time() - started, 2),
+        })
+    finally:  # the failed scans are listed even when run.json cannot be written (a full disk)
+        n_ok = sum(r["status"] == "ok" for r in records)
+        log.info("%d written, %d skipped, %d failed; outputs in %s", n_ok, len(skipped),
+                 sum(r["status"] == "failed" for r in records), args.output)
+        report_failures(PROG, failures)
     return EXIT_FAILED_CASES if failures else EXIT_OK
 
 

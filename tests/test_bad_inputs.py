@@ -88,8 +88,6 @@ def test_infer_wrong_channel_count(tmp_path, capsys):
     assert not (tmp_path / "out" / "x.nii.gz").exists()
 
 
-@pytest.mark.xfail(reason="pipelines/infer.py (or inference/predictor.py): an all-constant scan is segmented "
-                          "silently, exit 0 and no warning naming the file", strict=True)
 def test_infer_constant_image_warns(tmp_path, ckpt, capsys):
     B.constant_image(tmp_path / "in" / "x.nii.gz")
     rc = infer(["--model", str(ckpt), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
@@ -170,8 +168,6 @@ def test_infer_checkpoint_of_another_architecture(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.xfail(reason="training/checkpoint.py model_from_checkpoint (via inference/predictor.py): the "
-                          "'weights do not fit its network' error does not name the checkpoint file", strict=True)
 def test_infer_checkpoint_of_another_architecture_names_the_file(tmp_path, capsys):
     other = B.checkpoint_other_architecture(tmp_path / "other.pt")
     B.good_scan(tmp_path / "in" / "x.nii.gz")

@@ -168,7 +168,13 @@ class Predictor:
         """Load a checkpoint file (:func:`load_checkpoint`) and build a Predictor on it."""
         from medresunet.training.checkpoint import load_checkpoint
 
-        return cls(load_checkpoint(path), **kwargs)
+        checkpoint = load_checkpoint(path)
+        try:
+            return cls(checkpoint, **kwargs)
+        except CheckpointError as err:  # the dict does not know its file; the user does
+            if str(path) in str(err):
+                raise
+            raise CheckpointError(f"{path}: {err}") from err
 
     @property
     def n_classes(self) -> int:
@@ -220,6 +226,12 @@ class Predictor:
                             "finite intensities")
         if min(spatial) < 1:
             raise ScanError(f"{first}: empty image after preprocessing (shape {spatial})")
+        flat = torch.as_tensor(image).reshape(n, -1)
+        for c in torch.nonzero(flat.amax(1) == flat.amin(1)).flatten().tolist():
+            # not an error (an empty phantom, a blank slab), but nothing to segment either
+            log.warning("%s: channel %d (%s) is constant after preprocessing (every voxel %.4g): "
+                        "the segmentation carries no information; check the scan", paths[min(c, len(paths) - 1)],
+                        c, self.input_channels[c], float(flat[c, 0]))
         return LoadedScan(paths, data, geometry, time.perf_counter() - start, transforms)
 
     # --------------------------------------------------------------- prediction
