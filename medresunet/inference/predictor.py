@@ -2,8 +2,9 @@
 
 The flow (DESIGN.md section 3): the checkpoint's own preprocessing (never a config) ->
 Gaussian sliding-window logits -> softmax probabilities (averaged over flips with TTA) ->
-the recorded preprocessing inverted on the probabilities with MONAI ``Invertd`` (linear
-interpolation of probabilities, as nnU-Net resamples them) -> argmax -> optional
+the recorded preprocessing inverted on the probabilities (linear interpolation of
+probabilities, as nnU-Net resamples them: slab by slab with separable interpolation in
+:mod:`medresunet.inference.resample_back`, else MONAI ``Invertd``) -> argmax -> optional
 postprocessing. The result has exactly ``read_geometry(path).shape``; the writer takes the
 geometry from the input header, so only the array content depends on the inversion.
 
@@ -26,6 +27,7 @@ import torch
 
 from medresunet.errors import CheckpointError, ScanError
 from medresunet.inference.postprocess import postprocess
+from medresunet.inference.resample_back import argmax_classes, plan_from_image, resample_to_scan
 from medresunet.inference.sliding import STITCH_DEVICES, sliding_window_logits
 from medresunet.inference.tta import predict_probabilities, tta_axes
 
@@ -287,17 +289,22 @@ class Predictor:
         probs = self.probabilities(scan.data["image"])
         times["network"] = time.perf_counter() - start
         start = time.perf_counter()
-        probs = self._invert(scan.data, probs, scan.transforms or self.transforms())
         shape = tuple(scan.geometry.shape)
-        if tuple(probs.shape[1:]) != shape:
-            if int(np.prod(probs.shape[1:])) == int(np.prod(shape)) and \
-                    [s for s in probs.shape[1:] if s != 1] == [s for s in shape if s != 1]:
-                probs = probs.reshape(probs.shape[0], *shape)  # a 2D scan: drop the singleton axis
-            else:
-                raise ScanError(f"{scan.paths[0]}: the inverted prediction has shape "
-                                f"{tuple(probs.shape[1:])}, the scan {shape}; the preprocessing "
-                                "could not be inverted")
-        labels = torch.argmax(probs, dim=0).numpy().astype(np.uint8 if probs.shape[0] <= 256 else np.uint16)
+        plan = plan_from_image(scan.data["image"])
+        if plan is not None and plan.scan_shape == shape:  # the usual 3D case: slab by slab
+            labels, full = resample_to_scan(probs, plan, return_probabilities)
+        else:  # anything else (2D scans, other operations): MONAI's generic inversion
+            probs = self._invert(scan.data, probs, scan.transforms or self.transforms())
+            if tuple(probs.shape[1:]) != shape:
+                if int(np.prod(probs.shape[1:])) == int(np.prod(shape)) and \
+                        [s for s in probs.shape[1:] if s != 1] == [s for s in shape if s != 1]:
+                    probs = probs.reshape(probs.shape[0], *shape)  # a 2D scan: drop the singleton axis
+                else:
+                    raise ScanError(f"{scan.paths[0]}: the inverted prediction has shape "
+                                    f"{tuple(probs.shape[1:])}, the scan {shape}; the preprocessing "
+                                    "could not be inverted")
+            labels = argmax_classes(probs)
+            full = probs.numpy() if return_probabilities else None
         times["invert"] = time.perf_counter() - start
         if self.largest_component or self.min_component_ml > 0:
             start = time.perf_counter()
@@ -305,7 +312,7 @@ class Predictor:
             labels = postprocess(labels, spacing, largest_component=self.largest_component,
                                  min_component_ml=self.min_component_ml)
             times["postprocess"] = time.perf_counter() - start
-        return Prediction(labels, scan.geometry, probs.numpy() if return_probabilities else None, times)
+        return Prediction(labels, scan.geometry, full, times)
 
     def predict(self, image_paths: Sequence[PathLike] | PathLike, series_uid: str | None = None,
                 return_probabilities: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
