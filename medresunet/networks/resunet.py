@@ -238,10 +238,15 @@ class ResidualUNet(nn.Module):
         outputs: list[torch.Tensor] = []
         for level in range(len(self.channels) - 2, -1, -1):
             up = self.upsamples[level](x)
-            skip = skips[level]
+            skip = skips.pop()  # the skip of this level; dropped from the list once joined
             if up.dtype != skip.dtype:  # autocast may leave norm outputs in fp32
                 up = up.to(skip.dtype)
-            x = self.decoder[level](torch.cat((up, skip), dim=1))
+            joined = torch.cat((up, skip), dim=1)
+            # At full resolution up and skip are a third of the decoder's working memory in
+            # inference; without other references they are freed before the block runs.
+            del up, skip
+            x = self.decoder[level](joined)
+            del joined
             if self.training and self.deep_supervision and level > 0:
                 outputs.append(self._crop(self.ds_heads[level - 1](x), spatial, 2**level))
         logits = self._crop(self.head(x), spatial, 1)
