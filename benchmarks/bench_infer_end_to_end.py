@@ -4,8 +4,8 @@ One CT-like NIfTI scan (512x512x200 int16, 0.8x0.8x2.5 mm, LPS-like axes) and on
 (the ``configs/3d.yaml`` ResidualUNet, random weights with seed 0, 3 classes; CT
 normalisation clip [-200, 300] HU, z-score with mean 50 and std 100; no foreground crop;
 target spacing 1.6x1.6x2.5 mm, quick: 4x4x4 mm so that the run stays short). Each side runs
-as its own process, timed from start to exit, with its own peak resident memory
-(``ru_maxrss`` from ``wait4``):
+as its own process, timed from start to exit, with its own peak resident memory (its
+``VmHWM`` at exit; ``ru_maxrss`` would carry the benchmark process's RSS over the exec):
 
 * medresunet: ``python -m pipelines.infer --model CKPT --input SCAN --output DIR --device cpu``;
 * MONAI: the script in :data:`MONAI_SCRIPT` -- ``LoadImaged`` (nibabel),
@@ -176,7 +176,7 @@ def run(quick: bool = False, tiny: bool = False) -> dict[str, Any]:
         "scan_spacing_mm": list(cfg["spacing"]),
         "scan_file_mb": round(scan_mb, 1),
         "target_spacing_mm": list(cfg["target"]),
-        "note": "each side is a fresh process (imports included); peak memory is that process's ru_maxrss",
+        "note": "each side is a fresh process (imports included); peak memory is that process's own VmHWM",
         "load_average": load_average(),
     }
 

@@ -115,34 +115,71 @@ class PeakMemory:
             self.peak_mb = max(self._sampled, rss_mb())
 
 
+#: Runs ``python ARGS...`` (a script path or ``-m module``) and, at exit, writes the process's
+#: own ``VmHWM`` (kB) to the file named by the first argument. ``ru_maxrss`` from ``wait4``
+#: cannot serve: Linux keeps the high-water mark across ``execve``, so a child started
+#: from a parent holding torch reports the parent's RSS when that is larger.
+_PEAK_WRAPPER = """
+import atexit, runpy, sys
+_out, _args = sys.argv[1], sys.argv[2:]
+def _write_peak():
+    with open("/proc/self/status") as status:
+        kb = next(line.split()[1] for line in status if line.startswith("VmHWM"))
+    with open(_out, "w") as fh:
+        fh.write(kb)
+atexit.register(_write_peak)
+if _args[0] == "-m":
+    sys.argv = [_args[1], *_args[2:]]
+    runpy.run_module(_args[1], run_name="__main__", alter_sys=True)
+else:
+    sys.argv = list(_args)
+    runpy.run_path(_args[0], run_name="__main__")
+"""
+
+
 def run_command(cmd: Sequence[str], env: dict[str, str] | None = None,
                 timeout_s: float = 3600.0) -> dict[str, Any]:
     """Run ``cmd`` as a child process: wall seconds, its own peak RSS (MB), exit code, output tail.
 
-    The peak comes from ``os.wait4`` (the child's ``ru_maxrss``), so it is that process's
-    alone, not the running maximum of all children.
+    A Python command (``cmd[0]`` is this interpreter, then ``-m module`` or a script) runs
+    under a small wrapper that
+    records the child's own ``VmHWM`` at exit (see ``_PEAK_WRAPPER``); for anything else
+    the peak is ``ru_maxrss`` from ``os.wait4``, which may include the parent's RSS at the
+    time of the fork.
     """
     import subprocess
+    import sys
     import tempfile
 
-    with tempfile.TemporaryFile() as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=env)
-        deadline = start + timeout_s
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.01)
-        seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        tail = out.read().decode("utf-8", "replace")[-3000:]
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024.0,
+    cmd = list(cmd)
+    with tempfile.TemporaryDirectory(prefix="bench-cmd-") as tmp:
+        peak_file = os.path.join(tmp, "peak_kb")
+        wrapped = (cmd[0] == sys.executable and len(cmd) > 1 and os.path.exists("/proc/self/status")
+                   and (cmd[1] == "-m" or os.path.isfile(cmd[1])))
+        if wrapped:
+            cmd = [cmd[0], "-c", _PEAK_WRAPPER, peak_file, *cmd[1:]]
+        with tempfile.TemporaryFile() as out:
+            start = time.perf_counter()
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+            deadline = start + timeout_s
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.perf_counter() > deadline:
+                    proc.kill()
+                    pid, status, usage = os.wait4(proc.pid, 0)
+                    break
+                time.sleep(0.01)
+            seconds = time.perf_counter() - start
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            out.seek(0)
+            tail = out.read().decode("utf-8", "replace")[-3000:]
+        peak_mb = usage.ru_maxrss / 1024.0
+        if wrapped and os.path.exists(peak_file):
+            with open(peak_file) as fh:
+                peak_mb = int(fh.read().strip()) / 1024.0
+    return {"seconds": seconds, "peak_rss_mb": peak_mb, "peak_source": "VmHWM" if wrapped else "ru_maxrss",
             "returncode": proc.returncode, "output_tail": tail}
 
 

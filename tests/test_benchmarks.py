@@ -33,6 +33,23 @@ def test_common_helpers():
     assert res["returncode"] == 0 and "ok" in res["output_tail"] and res["peak_rss_mb"] > 0
 
 
+def test_run_command_peak_is_the_childs_own(tmp_path):
+    import sys
+
+    script = tmp_path / "grow.py"
+    script.write_text("import sys\nblock = bytearray(200 * 2**20)\nblock[::4096] = b'x' * len(block[::4096])\n"
+                      "print('argv', sys.argv[1:])\n")
+    held = bytearray(600 * 2**20)  # the parent holds 600 MB: ru_maxrss of a child would show it
+    held[::4096] = b"y" * len(held[::4096])
+    res = run_command([sys.executable, str(script), "a", "b"])
+    assert res["returncode"] == 0 and "argv ['a', 'b']" in res["output_tail"], res
+    assert res["peak_source"] == "VmHWM"
+    assert 200 <= res["peak_rss_mb"] < 500, res["peak_rss_mb"]
+    res = run_command([sys.executable, "-m", "json.tool", "--help"])
+    assert res["returncode"] == 0 and res["peak_rss_mb"] < 200
+    del held
+
+
 def test_conv_flops_counts_the_network():
     from medresunet.networks import ResidualUNet
 
