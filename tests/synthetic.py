@@ -11,15 +11,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from medresunet.data.phantoms import rotation
 
-def rotation(axis: int, degrees: float) -> np.ndarray:
-    """A 3x3 rotation about world axis ``axis`` by ``degrees``."""
-    t = np.deg2rad(degrees)
-    c, s = np.cos(t), np.sin(t)
-    i, j = [a for a in range(3) if a != axis]
-    r = np.eye(3)
-    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-    return r
+__all__ = ["ellipsoid", "make_affine", "rotation", "sphere_phantom", "write_nifti"]
+
+
 
 
 def make_affine(kind: str = "ras", spacing=(1.0, 1.0, 1.0), origin=(-20.0, 15.0, 7.5)) -> np.ndarray:

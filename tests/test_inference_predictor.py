@@ -211,3 +211,23 @@ def test_wrong_channel_count_and_bad_scans(tmp_path):
     text.write_text("not an image")
     with pytest.raises(ScanError, match="text.nii.gz"):
         one.predict([text])
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_cpu_predictor_runs_the_network_channels_last(dims):
+    from medresunet.networks import ResidualUNet
+
+    torch.manual_seed(0)
+    kwargs = {"spatial_dims": dims, "in_channels": 1, "out_channels": 2, "channels": [4, 8]}
+    net = ResidualUNet(**kwargs).eval()
+    ckpt = checkpoint(preprocessing(dims=dims))
+    ckpt["model"], ckpt["state_dict"] = kwargs, net.state_dict()
+    predictor = Predictor(ckpt, device="cpu")
+    want = torch.channels_last_3d if dims == 3 else torch.channels_last
+    assert predictor.model.memory_format == want
+    x = torch.randn(1, 1, *([16] * dims))
+    with torch.inference_mode():
+        got = predictor.model(x)
+        ref = net(x)
+    assert got.is_contiguous()  # callers get NC(D)HW logits
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)

@@ -61,7 +61,8 @@ class PhantomCase(NamedTuple):
     affine: np.ndarray
 
 
-def _rotation(axis: int, degrees: float) -> np.ndarray:
+def rotation(axis: int, degrees: float) -> np.ndarray:
+    """A 3x3 rotation about world axis ``axis`` (0: R, 1: A, 2: S) by ``degrees``."""
     t = np.deg2rad(degrees)
     c, s = np.cos(t), np.sin(t)
     i, j = [a for a in range(3) if a != axis]
@@ -88,7 +89,7 @@ def grid_affine(orientation: str, spacing, shape, center_mm=(0.0, 0.0, 0.0),
         rot = np.diag([-1.0, -1.0, 1.0])
     elif orientation == "oblique":
         about_s, about_r = (20.0, 10.0) if rng is None else (rng.uniform(15, 25), rng.uniform(5, 12))
-        rot = _rotation(2, about_s) @ _rotation(0, about_r)
+        rot = rotation(2, about_s) @ rotation(0, about_r)
     else:
         raise ValueError(f"orientation: expected one of {list(ORIENTATIONS)}, got {orientation!r}")
     affine = np.eye(4)
@@ -126,8 +127,8 @@ def _random_blob(rng: np.random.Generator, center, radii, jitter_mm: float, size
                  tilt_deg: float, bumpiness: float) -> _Blob:
     center = np.asarray(center, float) + rng.uniform(-jitter_mm, jitter_mm, 3)
     radii = np.asarray(radii, float) * rng.uniform(1 - size_jitter, 1 + size_jitter, 3)
-    rot = (_rotation(2, rng.uniform(-tilt_deg, tilt_deg)) @ _rotation(1, rng.uniform(-tilt_deg, tilt_deg))
-           @ _rotation(0, rng.uniform(-tilt_deg, tilt_deg)))
+    rot = (rotation(2, rng.uniform(-tilt_deg, tilt_deg)) @ rotation(1, rng.uniform(-tilt_deg, tilt_deg))
+           @ rotation(0, rng.uniform(-tilt_deg, tilt_deg)))
     waves = []
     for _ in range(3):
         direction = rng.normal(size=3)
