@@ -49,6 +49,13 @@ def _one_clear_error(err: str, name: str, fragment: str) -> None:
     assert any(name in ln for ln in lines), f"{name!r} not on the line of {fragment!r}:\n{err}"
 
 
+def _infer_in_out(tmp_path, capsys, model) -> tuple[int, str]:
+    """medresunet-infer of ``tmp_path/in`` into ``tmp_path/out`` on the CPU: (exit code, stderr)."""
+    rc = infer(["--model", str(model), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                "--device", "cpu", "--quiet"])
+    return rc, capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ medresunet-infer: scans
 INFER_SCANS = [  # (bad input, builder, file name, message fragment, exit code)
     ("missing file", B.missing_file, "x.nii.gz", "input does not exist", 2),
@@ -80,9 +87,7 @@ def test_infer_bad_scan(tmp_path, ckpt, capsys, what, build, name, fragment, cod
 def test_infer_wrong_channel_count(tmp_path, capsys):
     two = B.checkpoint(tmp_path / "two.pt", channels=2)
     B.good_scan(tmp_path / "in" / "x.nii.gz")
-    rc = infer(["--model", str(two), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
-                "--device", "cpu", "--quiet"])
-    err = capsys.readouterr().err
+    rc, err = _infer_in_out(tmp_path, capsys, two)
     assert rc == 1
     _one_clear_error(err, "x.nii.gz", "wrong channel count: the model expects 2 input channel(s) (CT, CT), got 1 image(s)")
     assert not (tmp_path / "out" / "x.nii.gz").exists()
@@ -133,14 +138,16 @@ def test_infer_two_series_reads_the_largest_and_says_so(tmp_path, ckpt, capsys):
 
 
 # -------------------------------------------------------------- medresunet-infer: checkpoints
-def test_infer_truncated_checkpoint(tmp_path, capsys):
-    bad = B.checkpoint_truncated(tmp_path / "cut.pt")
+@pytest.mark.parametrize("builder, name, fragment", [
+    (B.checkpoint_truncated, "cut.pt", "cannot read the checkpoint, the file is truncated or corrupt"),
+    (B.checkpoint_other_architecture, "other.pt", "checkpoint weights do not fit its network (another architecture?)"),
+], ids=["truncated", "another architecture"])
+def test_infer_bad_checkpoint(tmp_path, capsys, builder, name, fragment):
+    bad = builder(tmp_path / name)
     B.good_scan(tmp_path / "in" / "x.nii.gz")
-    rc = infer(["--model", str(bad), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
-                "--device", "cpu", "--quiet"])
-    err = capsys.readouterr().err
+    rc, err = _infer_in_out(tmp_path, capsys, bad)
     assert rc == 2
-    _one_clear_error(err, "cut.pt", "cannot read the checkpoint, the file is truncated or corrupt")
+    _one_clear_error(err, name, fragment)
     assert not (tmp_path / "out").exists()
 
 
@@ -148,23 +155,10 @@ def test_infer_checkpoint_with_code_payload_is_refused_and_not_run(tmp_path, cap
     marker = tmp_path / "PAYLOAD_RAN"
     evil = B.checkpoint_pickle_payload(tmp_path / "evil.pt", marker)
     B.good_scan(tmp_path / "in" / "x.nii.gz")
-    rc = infer(["--model", str(evil), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
-                "--device", "cpu", "--quiet"])
-    err = capsys.readouterr().err
+    rc, err = _infer_in_out(tmp_path, capsys, evil)
     assert rc == 2
     _one_clear_error(err, "evil.pt", "refused to load: the file holds objects that need arbitrary code")
     assert not marker.exists(), "the pickled payload ran"
-    assert not (tmp_path / "out").exists()
-
-
-def test_infer_checkpoint_of_another_architecture(tmp_path, capsys):
-    other = B.checkpoint_other_architecture(tmp_path / "other.pt")
-    B.good_scan(tmp_path / "in" / "x.nii.gz")
-    rc = infer(["--model", str(other), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
-                "--device", "cpu", "--quiet"])
-    err = capsys.readouterr().err
-    assert rc == 2
-    _one_clear_error(err, "other.pt", "checkpoint weights do not fit its network (another architecture?)")
     assert not (tmp_path / "out").exists()
 
 
