@@ -31,3 +31,7 @@ class CheckpointError(MedresunetError):
 
 class UsageError(MedresunetError):
     """Command-line arguments that do not fit together (exit code 2)."""
+
+
+class DistributedError(MedresunetError):
+    """A collective operation failed or timed out: another rank died or hangs (exit code 1)."""

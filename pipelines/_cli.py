@@ -15,8 +15,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from medresunet.distributed import DistributedError
-from medresunet.errors import MedresunetError, ScanError
+from medresunet.errors import DistributedError, MedresunetError, ScanError
 
 EXIT_OK = 0
 EXIT_FAILED_CASES = 1

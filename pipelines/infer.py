@@ -6,7 +6,7 @@ on; the command then exits 1 with the list of failures. ``OUTPUT/run.json`` reco
 outputs, per-scan timing, device, precision and versions. With ``--labels`` the outputs are
 also evaluated against reference labels into ``OUTPUT/report/``.
 
-Sharding (:mod:`medresunet.distributed`). ``--shard I/N`` (0-based, ``0 <= I < N``) segments
+Sharding (:mod:`medresunet.training.distributed`). ``--shard I/N`` (0-based, ``0 <= I < N``) segments
 only the scans whose position in the sorted list of scans is ``I`` modulo ``N``: N jobs
 with I = 0 .. N-1 (a SLURM job array) cover every scan exactly once; each writes
 ``OUTPUT/run.shard<I>of<N>.json`` (no merged run.json). Under ``torchrun`` the shard is the
@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from medresunet.training import distributed
 from pipelines._cli import EXIT_FAILED_CASES, EXIT_OK, make_parser, report_failures, run_main
 
 PROG = "medresunet-infer"
@@ -80,10 +81,8 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.output.exists() and not args.output.is_dir():
         raise UsageError(f"--output {args.output}: exists and is not a folder")
     if args.shard is not None:
-        from medresunet.distributed import parse_shard, under_torchrun
-
-        args.shard_index, args.shard_count = parse_shard(args.shard)
-        if under_torchrun():
+        args.shard_index, args.shard_count = distributed.parse_shard(args.shard)
+        if distributed.under_torchrun():
             raise UsageError("--shard under torchrun: the ranks shard the scans already; "
                              "use one or the other")
         if args.labels is not None:
@@ -108,19 +107,6 @@ def _quiet_third_party() -> None:
     # MONAI's Orientation on a 2D scan with three axis codes (it uses the first two)
     warnings.filterwarnings("ignore", message=r"axcodes .* length is smaller", category=UserWarning)
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
-
-
-def _load_checkpoint(path: Path, load: Any) -> dict[str, Any]:
-    """``load(path)``, with any failure to read it turned into a CheckpointError (exit 2)."""
-    from medresunet.errors import CheckpointError, MedresunetError
-
-    try:
-        return load(path)
-    except MedresunetError:
-        raise
-    except Exception as err:  # noqa: BLE001 - e.g. struct.error from a non-checkpoint file
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({type(err).__name__}: {err}); "
-                              "give a .pt file written by medresunet-train") from err
 
 
 def _evaluate(args: argparse.Namespace, outputs: dict[str, Path], images: dict[str, Path],
@@ -162,8 +148,6 @@ def _evaluate(args: argparse.Namespace, outputs: dict[str, Path], images: dict[s
 
 
 def _run(args: argparse.Namespace) -> int:
-    from medresunet import distributed
-
     _check_args(args)
     with distributed.session(args.device) as (dist, device):
         return _run_rank(args, dist, device)
@@ -174,11 +158,9 @@ def _run_rank(args: argparse.Namespace, dist: Any, device: Any) -> int:  # noqa:
 
     from tqdm.auto import tqdm
 
-    from medresunet import distributed
     from medresunet.inference.predictor import Predictor
     from medresunet.io import discover_scans, write_probabilities, write_segmentation
     from medresunet.runinfo import environment_info, write_run_json
-    from medresunet.training.checkpoint import load_checkpoint
 
     _quiet_third_party()
     started = time.time()
@@ -198,16 +180,10 @@ def _run_rank(args: argparse.Namespace, dist: Any, device: Any) -> int:  # noqa:
     if shard_count > 1:
         log.info("shard %d of %d (0-based): %d of %d scan(s)", shard_index, shard_count, len(scans),
                  len(all_scans))
-    checkpoint = _load_checkpoint(args.model, load_checkpoint)
-    from medresunet.errors import CheckpointError
-
-    try:
-        predictor = Predictor(checkpoint, device=device, overlap=args.overlap,
-                              sw_batch_size=args.sw_batch_size, tta=args.tta, precision=args.precision,
-                              stitch_device=args.stitch_device, largest_component=args.largest_component,
-                              min_component_ml=args.min_component_ml)
-    except CheckpointError as err:  # name the file: the checkpoint dict does not know it
-        raise CheckpointError(f"{args.model}: {err}") from err
+    predictor = Predictor.from_file(args.model, device=device, overlap=args.overlap,
+                                    sw_batch_size=args.sw_batch_size, tta=args.tta, precision=args.precision,
+                                    stitch_device=args.stitch_device, largest_component=args.largest_component,
+                                    min_component_ml=args.min_component_ml)
     args.output.mkdir(parents=True, exist_ok=True)
     log.info("%d scan(s); device %s, precision %s, overlap %.2f, tta %s", len(scans), predictor.device,
              predictor.precision, predictor.overlap, predictor.tta)
@@ -269,13 +245,16 @@ def _run_rank(args: argparse.Namespace, dist: Any, device: Any) -> int:  # noqa:
                 "overwrite": args.overwrite}
     shard_info = {"index": shard_index, "count": shard_count, "n_scans": len(scans),
                   "n_scans_total": len(all_scans)}
+    def run_record(**extra: Any) -> dict[str, Any]:
+        return {"command": PROG, "environment": environment_info(predictor.device),
+                "checkpoint": str(args.model), "input": str(args.input), "output": str(args.output),
+                "settings": settings, **extra, "labels": predictor.labels,
+                "cases": sorted(records, key=lambda r: r["case_id"]),
+                "failures": [list(f) for f in failures], "seconds": round(time.time() - started, 2)}
+
     if dist.enabled:  # this rank's own record, then rank 0 merges every rank's
-        write_run_json(args.output / record_name, {
-            "command": PROG, "environment": environment_info(predictor.device), "checkpoint": str(args.model),
-            "input": str(args.input), "output": str(args.output), "settings": settings,
-            "shard": {**shard_info, "rank": dist.rank, "world_size": dist.world_size},
-            "cases": sorted(records, key=lambda r: r["case_id"]), "failures": [list(f) for f in failures],
-            "seconds": round(time.time() - started, 2)})
+        write_run_json(args.output / record_name,
+                       run_record(shard={**shard_info, "rank": dist.rank, "world_size": dist.world_size}))
         gathered = distributed.all_gather_object(
             dist, {"rank": dist.rank, "records": records, "failures": failures,
                    "outputs": {k: str(v) for k, v in outputs.items()}, "device": str(predictor.device)})
@@ -298,20 +277,9 @@ def _run_rank(args: argparse.Namespace, dist: Any, device: Any) -> int:  # noqa:
         report, eval_failures = _evaluate(args, outputs, images, predictor.labels)
         failures += eval_failures
     try:
-        write_run_json(args.output / record_name, {
-            "command": PROG,
-            "environment": environment_info(predictor.device),
-            "checkpoint": str(args.model),
-            "input": str(args.input),
-            "output": str(args.output),
-            "settings": settings,
-            **({"shard": shard_info} if shard_count > 1 or args.shard is not None else {}),
-            "labels": predictor.labels,
-            "cases": sorted(records, key=lambda r: r["case_id"]),
-            "report": report,
-            "failures": [list(f) for f in failures],
-            "seconds": round(time.time() - started, 2),
-        })
+        sharded = shard_count > 1 or args.shard is not None
+        write_run_json(args.output / record_name,
+                       run_record(**({"shard": shard_info} if sharded else {}), report=report))
     finally:  # the failed scans are listed even when run.json cannot be written (a full disk)
         n_ok = sum(r["status"] == "ok" for r in records)
         log.info("%d written, %d skipped, %d failed; outputs in %s", n_ok, len(skipped),

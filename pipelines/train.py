@@ -15,7 +15,7 @@ On ``--resume`` the run's own config (stored in ``last.pt``) and preprocessing a
 learning-rate decay is recomputed over the new horizon).
 
 Under ``torchrun`` (``torchrun --nproc-per-node N -m pipelines.train ...``) the same
-command trains with DistributedDataParallel (:mod:`medresunet.distributed`): each rank
+command trains with DistributedDataParallel (:mod:`medresunet.training.distributed`): each rank
 caches and samples its own share of the training cases, ``train.batch_size`` is the batch
 of each rank (the global batch is N times larger; the learning rate is used as given),
 rank 0 alone writes the run folder, and a rank that dies ends the job with a one-line
@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from medresunet.training import distributed
 from pipelines._cli import EXIT_OK, make_parser, run_main
 
 logger = logging.getLogger("medresunet.train")
@@ -98,8 +99,6 @@ def _check_args(args: argparse.Namespace, run_dir: Path) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from medresunet import distributed
-
     with distributed.session(args.device) as (dist, device):
         return _run_rank(args, dist, device)
 
@@ -107,7 +106,6 @@ def _run(args: argparse.Namespace) -> int:
 def _run_rank(args: argparse.Namespace, dist: Any, device: Any) -> int:  # noqa: C901 - one linear workflow
     import yaml
 
-    from medresunet import distributed
     from medresunet.config import config_to_dict
     from medresunet.data.checks import check_cases
     from medresunet.errors import ManifestError, UsageError

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medresunet import distributed
 from medresunet.errors import UsageError
+from medresunet.training import distributed
 from tests.synthetic import make_affine, sphere_phantom, write_nifti
 
 REPO = Path(__file__).resolve().parents[1]

@@ -235,7 +235,8 @@ class Predictor:
         if min(spatial) < 1:
             raise ScanError(f"{first}: empty image after preprocessing (shape {spatial})")
         flat = torch.as_tensor(image).reshape(n, -1)
-        for c in torch.nonzero(flat.amax(1) == flat.amin(1)).flatten().tolist():
+        low, high = torch.aminmax(flat, dim=1)  # one pass over the image
+        for c in torch.nonzero(low == high).flatten().tolist():
             # not an error (an empty phantom, a blank slab), but nothing to segment either
             log.warning("%s: channel %d (%s) is constant after preprocessing (every voxel %.4g): "
                         "the segmentation carries no information; check the scan", paths[min(c, len(paths) - 1)],

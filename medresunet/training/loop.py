@@ -12,7 +12,7 @@ epoch, step and RNG states restored) therefore continues exactly as an uninterru
 run of the same seed. A run stopped by the ``max_minutes`` budget ends its current
 epoch early; its resume starts at the next epoch.
 
-Distributed (``dist`` of more than one rank, see :mod:`medresunet.distributed`): the model
+Distributed (``dist`` of more than one rank, see :mod:`medresunet.training.distributed`): the model
 is wrapped in ``DistributedDataParallel``; ``train_data`` holds this rank's own share of
 the cases; every step is one optimizer step over the global batch (``train.batch_size``
 patches per rank, times the world size), and an epoch has the same number of steps on
@@ -37,10 +37,10 @@ import torch
 from tqdm.auto import tqdm
 
 import medresunet
-from medresunet import distributed as _dist
 from medresunet.config import Config, config_to_dict
 from medresunet.devices import autocast, resolve_precision
 from medresunet.errors import CheckpointError
+from medresunet.training import distributed as _dist
 from medresunet.training.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from medresunet.training.logs import TrainingLog
 from medresunet.training.loss import SegmentationLoss

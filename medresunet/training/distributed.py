@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from medresunet.errors import MedresunetError, UsageError
+from medresunet.errors import DistributedError, MedresunetError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +31,6 @@ T = TypeVar("T")
 
 TIMEOUT_ENV = "MEDRESUNET_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 1800.0
-
-
-class DistributedError(MedresunetError):
-    """A collective operation failed or timed out: another rank died or hangs (exit code 1)."""
 
 
 @dataclass(frozen=True)
