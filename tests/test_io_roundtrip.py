@@ -127,3 +127,48 @@ def test_truncated_nan_and_4d(tmp_path):
     (tmp_path / "x.txt").write_text("x")
     with pytest.raises(ScanError, match="unsupported"):
         read_geometry(tmp_path / "x.txt")
+
+
+def _sheared_affine() -> np.ndarray:
+    """A gantry-tilted CT: slices stacked 15 degrees off their normal (column 3 leans in y)."""
+    affine = make_affine("lps", (0.8, 0.8, 2.5))
+    affine[:3, 2] = [0.0, -2.5 * np.sin(np.radians(15)), 2.5 * np.cos(np.radians(15))]
+    return affine
+
+
+def _assert_sform_only(path, affine):
+    img = nib.load(path)
+    assert img.header.get_qform(coded=True)[1] == 0, "a qform would drop the shear"
+    sform, scode = img.header.get_sform(coded=True)
+    assert scode > 0
+    np.testing.assert_allclose(sform, affine, atol=1e-4)
+    np.testing.assert_allclose(img.affine, affine, atol=1e-4)
+
+
+def test_sheared_nifti_gets_qform_code_0(tmp_path):
+    affine = _sheared_affine()
+    src = write_nifti(tmp_path / "tilt.nii.gz", np.zeros(SHAPE, np.float32), affine)
+    geom = read_geometry(src)
+    np.testing.assert_allclose(geom.affine, affine, atol=1e-4)
+    out = write_segmentation(_labels(SHAPE), geom, tmp_path / "seg.nii.gz")
+    _assert_sform_only(out, affine)
+    assert read_geometry(out).same_grid(geom)
+
+
+def test_tilted_dicom_series_gets_qform_code_0(tmp_path):
+    from tests.dicom_fixtures import write_dicom_series
+
+    affine = _sheared_affine()
+    write_dicom_series(tmp_path / "ct", np.zeros(SHAPE) - 1000.0, affine)
+    array, geom = read_volume(tmp_path / "ct")
+    assert geom.source == "dicom"
+    np.testing.assert_allclose(geom.affine, affine, atol=1e-4)
+    out = write_segmentation(_labels(SHAPE), geom, tmp_path / "seg.nii.gz")
+    _assert_sform_only(out, affine)
+
+
+def test_orthogonal_affine_keeps_qform(tmp_path):
+    geom = Geometry(shape=SHAPE, affine=make_affine("oblique_lh", (0.7, 0.9, 2.0)), source="dicom")
+    img = nib.load(write_segmentation(_labels(SHAPE), geom, tmp_path / "seg.nii.gz"))
+    assert img.header.get_qform(coded=True)[1] == 1
+    np.testing.assert_allclose(img.header.get_qform(), geom.affine, atol=1e-4)

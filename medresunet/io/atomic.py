@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,30 @@ def temporary_path_for(target: Path) -> Path:
     fd, name = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=target.parent)
     os.close(fd)
     return Path(name)
+
+
+def _current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux /proc)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: the only portable read is set-and-restore
+    os.umask(mask)
+    return mask
+
+
+def final_mode_for(target: Path) -> int:
+    """The permission bits a plain ``open(target, "w")`` would leave on ``target``.
+
+    An existing file keeps its mode; a new one gets ``0o666`` less the umask. ``mkstemp``
+    creates 0600 files whatever the umask, which would make every output private to its
+    writer (on a shared cluster, colleagues could not read predictions or checkpoints).
+    """
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        return 0o666 & ~_current_umask()
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -55,6 +80,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
+            os.fchmod(fh.fileno(), final_mode_for(target))
             os.fsync(fh.fileno())
         os.replace(tmp, target)
         _fsync_dir(target.parent)

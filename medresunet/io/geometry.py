@@ -87,6 +87,21 @@ class Geometry:
         return f"shape {self.shape}, spacing {sp} mm, origin ({org}) RAS mm"
 
 
+def has_shear(affine: np.ndarray, atol: float = 1e-5) -> bool:
+    """True if the ``(4, 4)`` affine is not rotation x scaling (its columns are not orthogonal).
+
+    A gantry-tilted CT series is the common case: its slices stack obliquely to their
+    normal. A NIfTI qform (a quaternion and per-axis spacing) cannot represent such an
+    affine; only the sform can.
+    """
+    cols = np.asarray(affine, dtype=np.float64)[:3, :3]
+    norms = np.linalg.norm(cols, axis=0)
+    if np.any(norms == 0):
+        return True
+    unit = cols / norms
+    return not np.allclose(unit.T @ unit, np.eye(3), atol=atol)
+
+
 def affine_from_lps(direction: np.ndarray, spacing, origin) -> np.ndarray:
     """A 4x4 voxel -> RAS affine from ITK/DICOM LPS direction (d x d), spacing and origin.
 

@@ -3,7 +3,9 @@
 The output is NIfTI (``.nii.gz`` or ``.nii``) with exactly the input's shape and voxel ->
 RAS affine. For NIfTI input the qform/sform matrices and codes of the input are kept; for
 DICOM/NRRD/MHA input the series' RAS affine goes in both sform and qform with code 1
-(scanner). Files appear under their final name only when complete
+(scanner). A sheared affine (a gantry-tilted CT) cannot be a qform: then the qform gets
+code 0 and the sform alone carries the full affine, so that no viewer reads a qform that
+silently drops the shear. Files appear under their final name only when complete
 (:func:`medresunet.io.atomic.atomic_path`).
 """
 
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from medresunet.io.atomic import atomic_path
-from medresunet.io.geometry import Geometry
+from medresunet.io.geometry import Geometry, has_shear
 
 
 def _header(geometry: Geometry, dtype, shape: tuple[int, ...]):
@@ -33,6 +35,11 @@ def _header(geometry: Geometry, dtype, shape: tuple[int, ...]):
     else:
         hdr.set_qform(geometry.affine, code=1)
         hdr.set_sform(geometry.affine, code=1)
+    if has_shear(geometry.affine):
+        hdr.set_qform(None, code=0)  # a quaternion would drop the shear
+        sform, scode = hdr.get_sform(coded=True)
+        if not scode or not np.allclose(sform, geometry.affine, atol=1e-4):
+            hdr.set_sform(geometry.affine, code=1)
     return hdr
 
 
