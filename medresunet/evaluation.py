@@ -6,6 +6,7 @@ Used by ``medresunet-eval`` and by ``medresunet-infer --labels``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping, MutableMapping, Sequence
@@ -31,7 +32,8 @@ class Pairing:
     Attributes:
         pairs: ``(case_id, pred_path, ref_path, image_path_or_None)`` sorted by case id.
         unpaired: ``(case_id, reason)`` for a prediction without reference or the reverse.
-        labels: name -> value from the manifest (background included), or None.
+        labels: name -> value (background included) from the manifest, else from the
+            ``run.json`` that ``medresunet-infer`` wrote beside the predictions, else None.
     """
 
     pairs: list[tuple[str, Path, Path, Path | None]] = field(default_factory=list)
@@ -43,6 +45,37 @@ def _scans_by_id(root: Path) -> dict[str, Path]:
     from medresunet.io import discover_scans
 
     return {ref.case_id: ref.path for ref in discover_scans(root)}
+
+
+INFER_PROG = "medresunet-infer"
+
+
+def labels_from_run_record(folder: str | os.PathLike[str]) -> dict[str, int] | None:
+    """The label map that ``medresunet-infer`` recorded in ``folder/run.json`` (or a shard's record).
+
+    Returns:
+        name -> value (the model's, background included), or None when the folder holds no
+        record of ``medresunet-infer`` with a label map. An unreadable record is logged and
+        ignored: the labels are then named by value.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    for path in [folder / "run.json", *sorted(folder.glob("run.shard*of*.json"))]:
+        if not path.is_file():
+            continue
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(record, dict) or record.get("command") != INFER_PROG:
+                continue
+            labels = {str(k): int(v) for k, v in dict(record["labels"]).items()}
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            log.warning("%s: cannot read the label map of %s (%s); labels are named by value",
+                        path, INFER_PROG, err)
+            return None
+        log.info("label names from %s: %s", path, labels)
+        return labels
+    return None
 
 
 def pair_cases(pred: str | os.PathLike[str], ref: str | os.PathLike[str],
@@ -74,6 +107,7 @@ def pair_cases(pred: str | os.PathLike[str], ref: str | os.PathLike[str],
         image_paths = {c.case_id: c.images[0] for c in manifest.cases if c.images}
     else:
         refs = _scans_by_id(ref)
+        labels = labels_from_run_record(pred)
     if images is not None:
         image_paths = _scans_by_id(Path(images))
     out = Pairing(labels=labels)
@@ -158,8 +192,9 @@ def _evaluate_task(task: dict) -> dict:
         for what, array, path in (("reference", ref, task["ref"]), ("prediction", pred, task["pred"])):
             _check_label_values(what, array, path)
         labels = task["labels"]
+        found = sorted(_found_labels(pred, ref))
         if labels is None:
-            labels = {f"label_{v}": v for v in sorted(_found_labels(pred, ref))}
+            labels = {_value_name(v): v for v in found}
         else:
             _warn_unmapped(case_id, labels, ref, task["ref"], pred, task["pred"])
         rows = case_metrics(pred, ref, ref_geom.spacing, labels, task["nsd_tolerance_mm"], task["empty_distance"])
@@ -178,7 +213,7 @@ def _evaluate_task(task: dict) -> dict:
         return {"case_id": case_id, "error": str(err)}
     for row in rows:
         row["case_id"] = case_id
-    return {"case_id": case_id, "rows": rows, "overlay": overlay}
+    return {"case_id": case_id, "rows": rows, "overlay": overlay, "found": found}
 
 
 def _affine_gap(a, b) -> str:
@@ -187,17 +222,23 @@ def _affine_gap(a, b) -> str:
     return f"{float(np.abs(a.affine - b.affine).max()):.4g} mm"
 
 
-def _fill_missing_labels(rows: list[dict]) -> list[dict]:
-    """With labels found per case: add both_empty rows for labels seen only in other cases."""
-    names = {int(r["label"]): r["label_name"] for r in rows}
+def _value_name(value: int) -> str:
+    return f"label_{value}"
+
+
+def _fill_missing_labels(rows: list[dict], case_ids: Sequence[str], values: set[int]) -> list[dict]:
+    """With labels found per case: a ``both_empty`` row for every (case, label) without one.
+
+    The label set is the union over all cases' references and predictions, so a case whose
+    two volumes are both empty still gets its rows (it is counted, never dropped).
+    """
     have = {(r["case_id"], int(r["label"])) for r in rows}
-    cases = sorted({r["case_id"] for r in rows})
     extra = []
-    for case_id in cases:
-        for value, name in names.items():
+    for case_id in case_ids:
+        for value in sorted(values):
             if (case_id, value) not in have:
                 row = case_metrics(np.zeros((1, 1), np.uint8), np.zeros((1, 1), np.uint8), (1.0, 1.0),
-                                   {name: value})[0]
+                                   {_value_name(value): value})[0]
                 row["case_id"] = case_id
                 extra.append(row)
     return rows + extra
@@ -212,9 +253,10 @@ def evaluate_pairs(pairs: Sequence[tuple[str, Path, Path, Path | None]],
 
     Args:
         pairs: ``(case_id, pred_path, ref_path, image_path_or_None)``.
-        labels: name -> value (background 0 skipped); None: the foreground values found in
-            each case, named ``label_<value>``, every label found in any case reported for
-            every case.
+        labels: name -> value (background 0 skipped); None: the union of the foreground
+            values found in every case's reference and prediction, named ``label_<value>``,
+            reported for every case (a case with both volumes empty gets ``both_empty``
+            rows: it is counted, never dropped).
         nsd_tolerance_mm: NSD tolerance, mm.
         empty_distance: ``"nan"`` or ``"diagonal"`` (distances of missed / false-positive labels).
         workers: processes; 1 computes in this process.
@@ -258,16 +300,23 @@ def evaluate_pairs(pairs: Sequence[tuple[str, Path, Path, Path | None]],
         bar.close()
     rows: list[dict] = []
     failures: list[tuple[str, str]] = []
+    evaluated: list[str] = []
+    found: set[int] = set()
     for res in sorted(results, key=lambda r: r["case_id"]):
         if "error" in res:
             log.warning("%s: %s", res["case_id"], res["error"])
             failures.append((res["case_id"], res["error"]))
             continue
+        evaluated.append(res["case_id"])
+        found.update(res["found"])
         rows.extend(res["rows"])
         if overlays is not None and res["overlay"] is not None:
             overlays[res["case_id"]] = res["overlay"]
     if labels is None:
-        rows = _fill_missing_labels(rows)
+        if evaluated and not found:
+            log.warning("no foreground label in any prediction or reference and no label map: "
+                        "nothing to measure; pass --label-names (e.g. organ=1) to list the cases")
+        rows = _fill_missing_labels(rows, evaluated, found)
     rows = [{"case_id": r["case_id"], **{k: v for k, v in r.items() if k != "case_id"}} for r in rows]
     rows.sort(key=lambda r: (r["case_id"], r["label"]))
     return rows, failures

@@ -39,6 +39,40 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def parse_label_names(text: str, option: str = "--label-names") -> dict[str, int]:
+    """A label map from the command line: ``"background=0,liver=1"`` -> ``{"background": 0, "liver": 1}``.
+
+    The one syntax of every command that takes label names (``medresunet-manifest``,
+    ``medresunet-eval``): comma-separated ``NAME=INT`` items, names and values unique,
+    values >= 0.
+
+    Raises:
+        UsageError: an item without ``=``, an empty name, a non-integer or negative value, or
+            a repeated name or value; the message names ``option`` and the item.
+    """
+    from medresunet.errors import UsageError
+
+    out: dict[str, int] = {}
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    if not items:
+        raise UsageError(f"{option} {text!r}: expected NAME=INT items like background=0,liver=1")
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        try:
+            if not sep or not name:
+                raise ValueError(item)
+            number = int(value)
+        except ValueError as err:
+            raise UsageError(f"{option}: expected NAME=INT items like background=0,liver=1, "
+                             f"got {item!r}") from err
+        if number < 0 or name in out or number in out.values():
+            raise UsageError(f"{option}: {item!r} is negative or repeats a name or value; "
+                             "expected unique NAME=INT items like background=0,liver=1")
+        out[name] = number
+    return out
+
+
 def setup_logging(quiet: bool = False, debug: bool = False) -> None:
     """Log to stderr: INFO by default, WARNING with ``--quiet``, DEBUG with ``--debug``."""
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO

@@ -1,11 +1,13 @@
 """medresunet-eval: per-patient metrics of predicted segmentations against reference labels.
 
 Predictions and references pair by case id (file name without extension); ``--ref`` may
-also be a manifest (its labelled cases and label map). Writes ``metrics.csv``,
+also be a manifest (its labelled cases and label map). Label names come from
+``--label-names``, else the manifest, else the ``run.json`` that ``medresunet-infer`` left
+in ``--pred`` (the model's label map). Writes ``metrics.csv``,
 ``metrics.json``, ``summary.json``, ``summary.csv``, ``report.html`` and ``run.json`` into
 ``--output`` and prints the per-label summary.
 
-    medresunet-eval --pred preds/ --ref labelsTr/ --output eval/ --labels liver=1,tumour=2
+    medresunet-eval --pred preds/ --ref labelsTr/ --output eval/ --label-names liver=1,tumour=2
 
 Exit codes: 0 all cases evaluated, 1 some failed (unpaired, unreadable, other grid; listed
 at the end; the reports hold the others), 2 bad usage or manifest.
@@ -20,7 +22,14 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines._cli import EXIT_FAILED_CASES, EXIT_OK, make_parser, report_failures, run_main
+from pipelines._cli import (
+    EXIT_FAILED_CASES,
+    EXIT_OK,
+    make_parser,
+    parse_label_names,
+    report_failures,
+    run_main,
+)
 
 log = logging.getLogger(__name__)
 PROG = "medresunet-eval"
@@ -35,9 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ref", required=True, type=Path, metavar="DIR_OR_MANIFEST",
                         help="folder of reference labels, or a dataset manifest (JSON/YAML/MSD)")
     parser.add_argument("--output", required=True, type=Path, metavar="DIR", help="folder for the reports")
-    parser.add_argument("--labels", metavar="NAMES",
-                        help="label names: 'liver=1,spleen=2', or 'liver,spleen' for values 1, 2, ... "
-                             "(default: the manifest's map, else label_<v> for the values found)")
+    parser.add_argument("--label-names", "--labels", dest="label_names", metavar="NAME=V,...",
+                        help="label map, e.g. liver=1,spleen=2, the syntax of medresunet-manifest "
+                             "(default: the manifest's map, else that of medresunet-infer's "
+                             "run.json in --pred, else label_<v> for the values found)")
     parser.add_argument("--nsd-tolerance", type=float, default=2.0, metavar="MM",
                         help="NSD tolerance in mm (default: 2)")
     parser.add_argument("--empty-distance", choices=("nan", "diagonal"), default="nan",
@@ -52,30 +62,6 @@ def _parser() -> argparse.ArgumentParser:
                              "(nearest neighbour) instead of failing that case")
     parser.add_argument("--overwrite", action="store_true", help="replace existing reports in --output")
     return parser
-
-
-def parse_labels(text: str) -> dict[str, int]:
-    """``"liver=1,spleen=2"`` -> ``{"liver": 1, "spleen": 2}``; ``"liver,spleen"`` -> values 1, 2."""
-    from medresunet.errors import UsageError
-
-    items = [s.strip() for s in text.split(",") if s.strip()]
-    if not items:
-        raise UsageError(f"--labels {text!r}: expected names like 'liver=1,spleen=2' or 'liver,spleen'")
-    out: dict[str, int] = {}
-    explicit = ["=" in s for s in items]
-    if any(explicit) and not all(explicit):
-        raise UsageError(f"--labels {text!r}: give a value to every name ('a=1,b=2') or to none ('a,b')")
-    for i, item in enumerate(items, start=1):
-        name, _, value = item.partition("=")
-        name = name.strip()
-        try:
-            v = int(value) if value else i
-        except ValueError as err:
-            raise UsageError(f"--labels: {item!r} has a non-integer value; expected name=integer") from err
-        if not name or v < 0 or name in out or v in out.values():
-            raise UsageError(f"--labels: {item!r} is empty, negative or repeated; expected unique name=value")
-        out[name] = v
-    return out
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -98,7 +84,7 @@ def _run(args: argparse.Namespace) -> int:
                          "pass --overwrite to replace them or choose another --output")
     started = time.time()
     pairing = pair_cases(args.pred, args.ref, args.images)
-    labels = parse_labels(args.labels) if args.labels else pairing.labels
+    labels = parse_label_names(args.label_names) if args.label_names else pairing.labels
     if not pairing.pairs:
         report_failures(PROG, pairing.unpaired)
         raise UsageError(f"no prediction in {args.pred} pairs with a reference in {args.ref} by case id; "

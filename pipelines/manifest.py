@@ -19,7 +19,7 @@ import re
 import sys
 from pathlib import Path
 
-from pipelines._cli import EXIT_OK, make_parser, run_main
+from pipelines._cli import EXIT_OK, make_parser, parse_label_names, run_main
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +48,6 @@ def _parser() -> argparse.ArgumentParser:
                         help="also read every file and check grids and label values")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     return parser
-
-
-def parse_label_names(text: str) -> dict[str, int]:
-    """``"background=0,liver=1"`` -> ``{"background": 0, "liver": 1}``."""
-    from medresunet.errors import UsageError
-
-    out: dict[str, int] = {}
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        name, sep, value = item.partition("=")
-        try:
-            if not sep or not name.strip():
-                raise ValueError(item)
-            out[name.strip()] = int(value)
-        except ValueError as err:
-            raise UsageError(f"--label-names: expected NAME=INT items like background=0,liver=1, "
-                             f"got {item!r}") from err
-    return out
 
 
 def _scan_ids(folder: Path) -> dict[str, Path]:

@@ -10,7 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from pipelines.evaluate import main, parse_labels
+from medresunet.errors import UsageError
+from pipelines._cli import parse_label_names
+from pipelines.evaluate import main
 from tests.synthetic import make_affine, sphere_phantom, write_nifti
 
 SHAPE = (24, 20, 10)
@@ -105,8 +107,12 @@ def test_usage_errors(folders, capsys):
     assert main(["--pred", str(empty), "--ref", str(folders / "ref"), "--output", str(folders / "o")]) == 2
     assert main(_args(folders, folders / "o", "--labels", "a=1,b")) == 2
     assert main(_args(folders, folders / "o", "--workers", "0")) == 2
-    assert parse_labels("liver,spleen") == {"liver": 1, "spleen": 2}
-    assert parse_labels("liver=3, spleen=1") == {"liver": 3, "spleen": 1}
+    assert main(_args(folders, folders / "o", "--label-names", "liver,spleen")) == 2
+    assert "NAME=INT" in capsys.readouterr().err
+    assert parse_label_names("liver=3, spleen=1") == {"liver": 3, "spleen": 1}
+    for bad in ("a=1,a=2", "a=1,b=1", "a=-1", "a=x", ""):
+        with pytest.raises(UsageError, match="--label-names"):
+            parse_label_names(bad)
 
 
 def test_help_does_not_import_torch():
@@ -132,3 +138,49 @@ def test_evaluate_pairs_library(folders):
     assert [(r["case_id"], r["label"]) for r in rows] == [("b", 1), ("b", 2)]
     assert list(rows[0])[0] == "case_id"
     assert set(overlays) == {"b"} and overlays["b"].image is not None
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return [(r["case_id"], r["label_name"], r["status"]) for r in csv.DictReader(fh)]
+
+
+def test_both_empty_case_is_counted(folders):
+    """A case with neither reference nor prediction foreground gets its rows, and is counted."""
+    for name in ("c", "d"):
+        (folders / "pred" / f"{name}.nii.gz").unlink()
+    (folders / "ref" / "d.nii.gz").unlink()
+    affine = make_affine("oblique", spacing=(1.0, 1.2, 3.0))
+    for where in ("pred", "ref"):
+        write_nifti(folders / where / "e.nii.gz", np.zeros(SHAPE, np.uint8), affine, dtype=np.uint8)
+    out = folders / "eval_e"
+    assert main(_args(folders, out)) == 0
+    assert _rows(out / "metrics.csv") == [
+        ("a", "label_1", "ok"), ("a", "label_2", "ok"), ("b", "label_1", "ok"), ("b", "label_2", "missed"),
+        ("e", "label_1", "both_empty"), ("e", "label_2", "both_empty")]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_cases"] == 3
+    assert summary["per_label"]["label_1"]["status_counts"]["both_empty"] == 1
+
+
+def test_label_names_from_infer_run_json(tmp_path):
+    """Predictions written by medresunet-infer are named as the model names its labels."""
+    from pipelines.infer import main as infer
+    from tests.test_infer_cli import _checkpoint, _image
+
+    affine = make_affine("oblique")
+    for where in ("in", "ref"):
+        (tmp_path / where).mkdir()
+    for case in ("a", "e"):
+        image = _image() if case == "a" else np.full((20, 16, 8), -800.0, np.float32)
+        write_nifti(tmp_path / "in" / f"{case}.nii.gz", image, affine)
+        write_nifti(tmp_path / "ref" / f"{case}.nii.gz", (image > 0).astype(np.uint8), affine, dtype=np.uint8)
+    model = _checkpoint(tmp_path / "best.pt")
+    assert infer(["--model", str(model), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "pred"),
+                  "--device", "cpu", "--quiet"]) == 0
+    assert main(_args(tmp_path, tmp_path / "eval")) == 0
+    rows = _rows(tmp_path / "eval" / "metrics.csv")
+    assert [(c, n) for c, n, _ in rows] == [("a", "organ"), ("e", "organ")]
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["n_cases"] == 2
+    assert main(_args(tmp_path, tmp_path / "eval2", "--label-names", "liver=1")) == 0
+    assert [n for _, n, _ in _rows(tmp_path / "eval2" / "metrics.csv")] == ["liver", "liver"]

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from medresunet.manifest import load_manifest, split_cases
-from pipelines.manifest import main, parse_label_names
+from pipelines._cli import parse_label_names
+from pipelines.manifest import main
 from tests.synthetic import make_affine, write_nifti
 
 AFF = make_affine("anisotropic")
