@@ -175,7 +175,7 @@ def _warn_unmapped(case_id: str, labels: Mapping[str, int], ref: np.ndarray, ref
 def _evaluate_task(task: dict) -> dict:
     """Worker: read one pair, check the grids, compute the rows (and the overlay slice)."""
     from medresunet.io import read_volume
-    from medresunet.metrics.overlay import worst_slice
+    from medresunet.metrics.overlay import case_overlay
 
     case_id = task["case_id"]
     try:
@@ -208,7 +208,7 @@ def _evaluate_task(task: dict) -> dict:
                 else:
                     log.warning("%s: scan %s has shape %s, labels %s: overlay without the scan",
                                 case_id, task["image"], img.shape, ref.shape)
-            overlay = worst_slice(pred, ref, ref_geom.spacing, image)
+            overlay = case_overlay(pred, ref, ref_geom.affine, rows, image)
     except (ScanError, ValueError, OSError, MemoryError) as err:
         return {"case_id": case_id, "error": str(err)}
     for row in rows:

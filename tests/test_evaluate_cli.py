@@ -66,7 +66,7 @@ def test_eval_writes_reports_and_lists_failures(folders, capsys):
     assert summary["n_cases"] == 2
     assert small["status_counts"]["missed"] == 1
     assert small["dice"]["mean"] == pytest.approx(0.5)  # 1.0 and the missed 0.0
-    assert (out / "report.html").read_text().count("data:image/png") == 3
+    assert (out / "report.html").read_text().count("data:image/png") == 5  # box plots + 2 cases x (whole, zoom)
 
     # existing reports are kept unless --overwrite
     assert main(_args(folders, out)) == 2

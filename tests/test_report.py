@@ -87,9 +87,9 @@ def test_report_files(tmp_path):
     page = paths["report_html"].read_text()
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     assert "liver" in page and "lesion" in page and "case_b" in page
-    assert page.count("data:image/png;base64,") == 1 + len(overlays)  # box plots + one per case
+    assert page.count("data:image/png;base64,") == 1 + 2 * len(overlays)  # box plots + whole and zoom per case
     assert "src='http" not in page  # self-contained
-    assert page.index("case_b: lowest Dice") < page.index("case_a: lowest Dice")  # worst first
+    assert page.index("<b>case_b</b>: lowest Dice") < page.index("<b>case_a</b>: lowest Dice")  # worst first
 
 
 def test_report_without_matplotlib_has_tables_only(tmp_path, monkeypatch):

@@ -1,17 +1,40 @@
-"""Overlay slices for the HTML report: the slice of worst disagreement of each case.
+"""Overlay slices for the HTML report: per case, the slice where its worst label disagrees most.
 
-Extraction (numpy only) happens where the volumes are in memory (the evaluation worker);
-rendering (optional matplotlib) happens in :mod:`medresunet.metrics.report`.
+Extraction (numpy only) happens where the volumes are in memory (the evaluation worker):
+:func:`worst_slice` picks the label, the slice, the display window and the zoom box.
+Rendering (:func:`render_overlay_pngs`, needs the ``report`` extra) draws two PNGs per case:
+the whole slice and a zoomed inset of the box, both in the scan's physical aspect ratio
+(each voxel stretched by its spacing, nearest neighbour: labels never blur).
+
+Display convention: a slice ``(A, B)`` of a volume in RAS+ voxel order is shown with axis
+``A`` horizontal and ``B`` vertical, both reversed (radiological: the patient's right on the
+left; anterior or superior at the top), so an axial slice looks as in a PACS viewer.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+# CT abdomen soft-tissue window (level 40 HU, width 400 HU): liver, kidney and a hypodense
+# lesion stay apart; air and bone saturate.
+CT_WINDOW_HU = (-160.0, 240.0)
+# a volume whose 0.5th percentile is below this is CT (air is -1000 HU; MR is >= 0)
+CT_AIR_HU = -500.0
+# the zoom box: the labels' bounding box grown by this fraction per side, at least MIN_BOX_MM
+BOX_MARGIN = 0.3
+MIN_BOX_MM = 24.0
+MIN_MARGIN_VOXELS = 2
+
+REF_RGB = (0, 230, 64)         # reference outline: green
+PRED_RGB = (255, 40, 255)      # prediction outline: magenta
+DIFF_RGBA = (255, 210, 0, 0.55)  # disagreement fill: yellow
+BOX_RGB = (0, 200, 255)        # the zoomed area: cyan frame
+COLOURS = {"reference": REF_RGB, "prediction": PRED_RGB, "disagreement": DIFF_RGBA[:3], "zoom": BOX_RGB}
 
 
 @dataclass(frozen=True)
@@ -21,11 +44,15 @@ class OverlaySlice:
     Attributes:
         axis: the voxel axis sliced through (``-1`` for a 2D case).
         index: the slice index along ``axis``.
-        ref: reference labels ``(H, W)`` of the slice.
+        ref: reference labels ``(H, W)`` of the slice (H: the first in-plane axis).
         pred: predicted labels ``(H, W)``.
         image: scan intensities ``(H, W)`` (float32) or None.
-        spacing_mm: in-plane voxel size ``(dy, dx)`` matching ``(H, W)``, for the aspect ratio.
-        n_disagree: number of voxels where prediction and reference differ in this slice.
+        spacing_mm: in-plane voxel size ``(dh, dw)`` matching ``(H, W)``, mm.
+        n_disagree: voxels of the slice where the focused label's prediction and reference
+            differ (all labels when ``label`` is None).
+        label: the focused label value (the case's worst label), or None.
+        window: display range of ``image`` (HU for CT), or None.
+        box: the zoom box ``(h0, h1, w0, w1)``, half-open voxel ranges of the slice.
     """
 
     axis: int
@@ -35,76 +62,276 @@ class OverlaySlice:
     image: np.ndarray | None
     spacing_mm: tuple[float, float]
     n_disagree: int
+    label: int | None = None
+    window: tuple[float, float] | None = None
+    box: tuple[int, int, int, int] | None = None
+
+
+def worst_label(rows: Iterable[Mapping]) -> int | None:
+    """The label value of a case's lowest finite Dice (``both_empty`` rows skipped), or None.
+
+    Ties go to the smaller reference volume (a missed lesion before a missed organ).
+    """
+    best: tuple[float, float, int] | None = None
+    for r in rows:
+        d, vol = r.get("dice"), r.get("ref_volume_ml")
+        if r.get("status") == "both_empty" or not isinstance(d, (int, float)) or not np.isfinite(d):
+            continue
+        vol = float(vol) if isinstance(vol, (int, float)) and np.isfinite(vol) else np.inf
+        key = (float(d), vol, int(r["label"]))
+        best = key if best is None or key < best else best
+    return None if best is None else best[2]
+
+
+def display_window(image: np.ndarray, modality: str | None = None) -> tuple[float, float]:
+    """The intensity range to show: the CT soft-tissue window for CT, else robust percentiles.
+
+    Args:
+        image: the scan ``(*spatial)``.
+        modality: ``"CT"``, ``"MR"`` (any non-CT name) or None to tell from the values (CT
+            when the 0.5th percentile is below -500, i.e. air in HU).
+
+    Returns:
+        ``(low, high)`` in the image's units; ``high > low``.
+    """
+    values = np.asarray(image, np.float32).ravel()
+    if values.size > 1_000_000:  # percentiles of a strided sample: same window, a tenth of the time
+        values = values[:: values.size // 1_000_000]
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0, 1.0
+    is_ct = (modality.upper() == "CT") if modality else float(np.percentile(values, 0.5)) < CT_AIR_HU
+    if is_ct:
+        return CT_WINDOW_HU
+    inside = values[values > values.min()]  # MR background is the minimum (0): leave it out
+    lo, hi = np.percentile(inside if inside.size else values, (0.5, 99.5))
+    return float(lo), float(max(hi, lo + 1e-6))
+
+
+def zoom_box(ref: np.ndarray, pred: np.ndarray, label: int | None,
+             spacing_mm: Sequence[float]) -> tuple[int, int, int, int]:
+    """The bounding box of the label in reference and prediction, with a margin, ``(h0, h1, w0, w1)``.
+
+    The box holds every voxel where the label's prediction and reference differ. It is
+    grown by :data:`BOX_MARGIN` of its size per side (at least two voxels) and to at least
+    :data:`MIN_BOX_MM` per axis; at the slice's border it slides inside (clipped only when
+    the slice is smaller). Without the label in the slice:
+    the box of all foreground; without foreground: the whole slice.
+    """
+    mask = (ref == label) | (pred == label) if label is not None else np.zeros(ref.shape, bool)
+    if not mask.any():
+        mask = (ref > 0) | (pred > 0)
+    if not mask.any():
+        return 0, ref.shape[0], 0, ref.shape[1]
+    out = []
+    for ax in range(2):
+        hits = np.flatnonzero(mask.any(axis=1 - ax))
+        lo, hi = int(hits[0]), int(hits[-1]) + 1
+        n = ref.shape[ax]
+        grow = max(MIN_MARGIN_VOXELS, int(np.ceil(BOX_MARGIN * (hi - lo))))
+        want = int(np.ceil(MIN_BOX_MM / float(spacing_mm[ax])))
+        grow = max(grow, int(np.ceil((want - (hi - lo)) / 2)))
+        lo, hi = lo - grow, hi + grow
+        shift = max(0, -lo) - max(0, hi - n)  # at a border: slide the box inside, keep its size
+        out += [max(0, lo + shift), min(n, hi + shift)]
+    return out[0], out[1], out[2], out[3]
 
 
 def worst_slice(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float],
-                image: np.ndarray | None = None) -> OverlaySlice:
-    """The slice where prediction and reference disagree most.
+                image: np.ndarray | None = None, label: int | None = None, axis: int | None = None,
+                modality: str | None = None) -> OverlaySlice:
+    """The slice where the focused label's prediction and reference disagree most.
 
-    For 3D the slice axis is the one with the largest spacing (the last on ties, the usual
-    axial axis). Without disagreement: the slice with most reference foreground, else the
-    middle slice.
+    Without disagreement: the slice with most reference voxels of the label (any
+    foreground when ``label`` is None), else the middle slice.
 
     Args:
-        pred: predicted labels ``(*spatial)``.
+        pred: predicted labels ``(*spatial)`` (2D or 3D).
         ref: reference labels, same shape.
         spacing_mm: voxel size per axis, mm.
         image: optional scan ``(*spatial)`` on the same grid.
+        label: the label value to focus on (see :func:`worst_label`); None: all labels.
+        axis: 3D only, the voxel axis to slice through; None: the axis of largest spacing
+            (the last of those within 1%: the axial axis of a RAS volume).
+        modality: for the display window (:func:`display_window`).
     """
     spacing = [float(s) for s in spacing_mm]
-    if ref.ndim == 2:
-        n = int(np.count_nonzero(pred != ref))
-        img = None if image is None else np.asarray(image, np.float32)
-        return OverlaySlice(-1, 0, np.asarray(ref), np.asarray(pred), img, (spacing[0], spacing[1]), n)
-    axis = max(range(ref.ndim), key=lambda a: (spacing[a], a))
-    others = tuple(a for a in range(ref.ndim) if a != axis)
-    per_slice = np.count_nonzero(pred != ref, axis=others)
-    if per_slice.max(initial=0) > 0:
-        index = int(np.argmax(per_slice))
+    window = None if image is None else display_window(image, modality)
+    if label is None:
+        diff, fg = pred != ref, ref > 0
     else:
-        fg = np.count_nonzero(ref, axis=others)
-        index = int(np.argmax(fg)) if fg.max(initial=0) > 0 else ref.shape[axis] // 2
-    take = [slice(None)] * ref.ndim
-    take[axis] = index
-    take_t = tuple(take)
-    img = None if image is None else np.array(image[take_t], dtype=np.float32)
-    in_plane = (spacing[others[0]], spacing[others[1]])
-    return OverlaySlice(axis, index, np.array(ref[take_t]), np.array(pred[take_t]), img, in_plane,
-                        int(per_slice[index]))
+        diff, fg = (pred == label) != (ref == label), ref == label
+    if ref.ndim == 2:
+        axis, index, take = -1, 0, (slice(None), slice(None))
+        n = int(np.count_nonzero(diff))
+        in_plane = (spacing[0], spacing[1])
+    else:
+        if axis is None:  # spacings within 1% are ties (an oblique grid's are not exact)
+            axis = max(a for a in range(ref.ndim) if spacing[a] >= 0.99 * max(spacing))
+        others = tuple(a for a in range(ref.ndim) if a != axis)
+        per_slice = np.count_nonzero(diff, axis=others)
+        if per_slice.max(initial=0) > 0:
+            index = int(np.argmax(per_slice))
+        else:
+            per_fg = np.count_nonzero(fg, axis=others)
+            index = int(np.argmax(per_fg)) if per_fg.max(initial=0) > 0 else ref.shape[axis] // 2
+        take_l = [slice(None)] * ref.ndim
+        take_l[axis] = index
+        take = tuple(take_l)
+        n = int(per_slice[index])
+        in_plane = (spacing[others[0]], spacing[others[1]])
+    r, p = np.array(ref[take]), np.array(pred[take])
+    img = None if image is None else np.array(image[take], dtype=np.float32)
+    return OverlaySlice(axis, index, r, p, img, in_plane, n, label, window, zoom_box(r, p, label, in_plane))
 
 
-def render_overlay_png(case_id: str, ov: OverlaySlice, label_names: dict[int, str]) -> bytes:
-    """A PNG of the slice: the scan (or the reference labels) in grey, voxels of disagreement
-    shaded yellow, reference outlines in green, prediction outlines in magenta. Needs matplotlib.
+def to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, ...]]:
+    """The volume with its voxel axes permuted and flipped to the closest RAS+ order.
 
-    The slice is shown with its first axis vertical (array rows) and the in-plane spacing
-    as the aspect ratio.
+    Args:
+        array: ``(*spatial)``, 2D or 3D, in file voxel order.
+        affine: its voxel -> RAS mm matrix (``(ndim + 1)`` square or 4x4).
+
+    Returns:
+        ``(array in RAS+ voxel order, spacing per new axis in mm)``.
     """
-    from matplotlib.figure import Figure
+    import nibabel as nib
 
-    fig = Figure(figsize=(4.2, 4.2), dpi=90)
-    ax = fig.add_subplot(1, 1, 1)
-    # display with voxel axis 0 horizontal (rows = axis 1), origin lower
-    base = ov.image if ov.image is not None else (ov.ref > 0).astype(np.float32)
-    ax.imshow(base.T, cmap="gray", origin="lower", aspect=ov.spacing_mm[1] / ov.spacing_mm[0],
-              interpolation="nearest", vmin=float(np.percentile(base, 1)), vmax=float(np.percentile(base, 99)) + 1e-6)
-    aspect = ov.spacing_mm[1] / ov.spacing_mm[0]
-    diff = (ov.pred != ov.ref).T
-    if diff.any():  # disagreement shaded, so failures show at a glance
-        shade = np.zeros((*diff.shape, 4), np.float32)
-        shade[diff] = (1.0, 0.85, 0.0, 0.45)
-        ax.imshow(shade, origin="lower", aspect=aspect, interpolation="nearest")
-    for values, colour, width in ((ov.ref, "#19e633", 2.2), (ov.pred, "#ff1acc", 1.1)):
+    nd = array.ndim
+    a = np.asarray(affine, float)
+    lin = a[:nd, :nd] if a.shape[0] == nd + 1 else a[:3, :3][:nd, :nd]
+    full = np.eye(nd + 1)
+    full[:nd, :nd] = lin
+    ornt = nib.orientations.io_orientation(full)
+    out = nib.orientations.apply_orientation(array, ornt)
+    spacing = np.sqrt((lin ** 2).sum(axis=0))
+    order = np.argsort(ornt[:, 0])  # new axis k comes from old axis order[k]
+    return np.ascontiguousarray(out), tuple(float(spacing[i]) for i in order)
+
+
+def case_overlay(pred: np.ndarray, ref: np.ndarray, affine: np.ndarray, rows: Iterable[Mapping],
+                 image: np.ndarray | None = None, modality: str | None = None) -> OverlaySlice:
+    """The overlay of one evaluated case: volumes turned to RAS+ voxel order, then the
+    :func:`worst_slice` of its :func:`worst_label`.
+
+    Args:
+        pred, ref: label volumes ``(*spatial)`` on the reference's grid (file voxel order).
+        affine: the reference's voxel -> RAS mm matrix.
+        rows: the case's metric rows (``label``, ``status``, ``dice``).
+        image: the scan on the same grid, or None.
+        modality: for the display window; None: told from the values.
+    """
+    ref_r, spacing = to_ras(ref, affine)
+    pred_r, _ = to_ras(pred, affine)
+    img_r = None if image is None else to_ras(image, affine)[0]
+    return worst_slice(pred_r, ref_r, spacing, img_r, label=worst_label(rows), modality=modality)
+
+
+# ---- rendering (numpy RGB composition, PNG through Pillow from the report extra) ----
+
+FULL_LONG_SIDE = (256, 512)  # the whole slice: long side in pixels, at least / at most
+INSET_LONG_SIDE = 320
+
+
+def display_shape(shape: Sequence[int], spacing_mm: Sequence[float],
+                  long_side: tuple[int, int] | int) -> tuple[int, int]:
+    """Pixel size ``(height, width)`` of a slice ``(A, B)`` drawn in physical aspect.
+
+    Axis ``A`` is horizontal, ``B`` vertical. ``long_side``: an exact pixel length of the
+    longer side, or ``(min, max)``: one pixel per voxel along the finest axis, scaled by an
+    integer (up) or fitted (down) into that range.
+    """
+    w_mm, h_mm = shape[0] * float(spacing_mm[0]), shape[1] * float(spacing_mm[1])
+    if isinstance(long_side, int):
+        px_mm = long_side / max(w_mm, h_mm)
+    else:
+        px_mm = 1.0 / min(float(s) for s in spacing_mm)
+        longest = max(w_mm, h_mm) * px_mm
+        if longest < long_side[0]:
+            px_mm *= int(np.ceil(long_side[0] / longest))
+        if max(w_mm, h_mm) * px_mm > long_side[1]:
+            px_mm = long_side[1] / max(w_mm, h_mm)
+    return max(1, round(h_mm * px_mm)), max(1, round(w_mm * px_mm))
+
+
+def _nearest(a: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Slice ``(A, B)`` -> display ``(H, W)``: transposed, both axes reversed, nearest neighbour."""
+    d = a.T[::-1, ::-1]
+    rows = np.minimum((np.arange(out_hw[0]) + 0.5) * d.shape[0] / out_hw[0], d.shape[0] - 1).astype(int)
+    cols = np.minimum((np.arange(out_hw[1]) + 0.5) * d.shape[1] / out_hw[1], d.shape[1] - 1).astype(int)
+    return d[rows][:, cols]
+
+
+def _edge(mask: np.ndarray, width: int, outer: bool, at_border: bool = False) -> np.ndarray:
+    """The band of ``width`` pixels inside (or outside) the mask's border; ``at_border``:
+    the image's own border counts as an edge (frames), else not (a label cut by a crop)."""
+    from scipy import ndimage
+
+    if outer:
+        return ndimage.binary_dilation(mask, iterations=width) & ~mask
+    return mask & ~ndimage.binary_erosion(mask, iterations=width, border_value=0 if at_border else 1)
+
+
+def _compose(ov: OverlaySlice, box: tuple[int, int, int, int] | None, out_hw: tuple[int, int],
+             line: int, frame: tuple[int, int, int, int] | None) -> np.ndarray:
+    """RGB ``(H, W, 3)`` uint8 of the slice (or its ``box``), outlines ``line`` pixels wide."""
+    sl = (slice(None), slice(None)) if box is None else (slice(box[0], box[1]), slice(box[2], box[3]))
+    ref, pred = ov.ref[sl], ov.pred[sl]
+    if ov.image is not None and ov.window is not None:
+        lo, hi = ov.window
+        grey = np.clip((ov.image[sl] - lo) / (hi - lo), 0.0, 1.0)
+    else:  # no scan: the reference labels as a dim background
+        grey = np.where(ref > 0, 0.35, 0.08)
+    rgb = np.repeat(_nearest(grey.astype(np.float32), out_hw)[..., None], 3, axis=2)
+    if ov.label is None:
+        diff = pred != ref
+    else:
+        diff = (pred == ov.label) != (ref == ov.label)
+    d = _nearest(diff, out_hw)
+    a = DIFF_RGBA[3]
+    rgb[d] = rgb[d] * (1 - a) + np.asarray(DIFF_RGBA[:3], np.float32) / 255.0 * a
+    rgb = (rgb * 255).round().astype(np.uint8)
+    for values, colour, outer in ((ref, REF_RGB, False), (pred, PRED_RGB, True)):
+        up = _nearest(values, out_hw)
         for v in np.unique(values):
-            mask = (values == v).T
-            if v == 0 or mask.all() or min(mask.shape) < 2:
+            if v == 0:
                 continue
-            ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linewidths=width)
-    where = "2D" if ov.axis < 0 else f"axis {ov.axis}, slice {ov.index}"
-    ax.set_title(f"{case_id}: {where}\n{ov.n_disagree} voxels differ (yellow); green ref, magenta pred", fontsize=8)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    return _png_bytes(fig)
+            focused = ov.label is None or v == ov.label  # the other labels: thinner lines
+            rgb[_edge(up == v, line if focused else max(1, line - 1), outer)] = colour
+    if frame is not None:  # the zoom box on the whole slice
+        h0, h1, w0, w1 = frame
+        m = np.zeros(ov.ref.shape, bool)
+        m[h0:h1, w0:w1] = True
+        rgb[_edge(_nearest(m, out_hw), line, outer=False, at_border=True)] = BOX_RGB
+    if box is not None:
+        rgb[_edge(np.ones(out_hw, bool), 2, outer=False, at_border=True)] = BOX_RGB
+    return rgb
+
+
+def render_overlay_pngs(ov: OverlaySlice) -> tuple[bytes, bytes]:
+    """Two PNGs of the slice: ``(whole slice, zoomed inset)``, in physical aspect.
+
+    The whole slice (long side 256-512 px, see :data:`FULL_LONG_SIDE`) shows the zoom box
+    as a cyan frame; the inset shows the box at :data:`INSET_LONG_SIDE` px. On both: the
+    scan in grey (CT soft-tissue window, or robust percentiles), the focused label's
+    disagreement filled yellow, reference outlines green (inside the border), prediction
+    outlines magenta (outside it): where they agree, the two lines run side by side.
+    Needs Pillow (a dependency of matplotlib, the ``report`` extra).
+    """
+    box = ov.box or (0, ov.ref.shape[0], 0, ov.ref.shape[1])
+    full_hw = display_shape(ov.ref.shape, ov.spacing_mm, FULL_LONG_SIDE)
+    full = _compose(ov, None, full_hw, max(2, round(max(full_hw) / 200)), frame=box)
+    inset_hw = display_shape((box[1] - box[0], box[3] - box[2]), ov.spacing_mm, INSET_LONG_SIDE)
+    inset = _compose(ov, box, inset_hw, 3, frame=None)
+    return _rgb_png(full), _rgb_png(inset)
+
+
+def _rgb_png(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb, mode="RGB").save(buf, format="png", optimize=True)
+    return buf.getvalue()
 
 
 def _png_bytes(fig) -> bytes:

@@ -79,7 +79,10 @@ table{border-collapse:collapse;font-size:13px;margin:0.5em 0 1.5em}
 th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f0f0f0}
 td.l,th.l{text-align:left}tr.missed td,tr.false_positive td{background:#fde2e2}
 tr.both_empty td{color:#888}.cases{display:flex;flex-wrap:wrap;gap:12px}
-.case{border:1px solid #ddd;padding:6px;font-size:12px}.bad{color:#b00;font-weight:bold}"""
+.case{border:1px solid #ddd;padding:6px;font-size:13px;max-width:100%}.bad{color:#b00;font-weight:bold}
+.imgs{display:flex;gap:6px;align-items:flex-start}.imgs img{image-rendering:pixelated;max-width:100%}
+.legend{font-size:13px;margin:0.4em 0 0.8em}.legend span{margin-right:1.4em;white-space:nowrap}
+.legend i{display:inline-block;width:14px;height:14px;margin-right:5px;vertical-align:-2px;border:1px solid #555}"""
 
 
 def _summary_html(summary: Mapping) -> str:
@@ -114,8 +117,40 @@ def _rows_html(rows: list[dict]) -> str:
     return "".join(parts)
 
 
+_VIEWS = {0: "sagittal", 1: "coronal", 2: "axial"}
+
+
+def _legend_html() -> str:
+    from medresunet.metrics.overlay import COLOURS
+
+    what = {"reference": "reference outline (inside its border)",
+            "prediction": "prediction outline (outside its border)",
+            "disagreement": "disagreement of the case's worst label", "zoom": "zoomed area"}
+    items = [f"<span><i style='background:rgb{COLOURS[k]}'></i>{html.escape(v)}</span>" for k, v in what.items()]
+    return f"<div class=legend>{''.join(items)}</div>"
+
+
+def _case_html(case_id: str, ov: OverlaySlice, case_rows: list[dict], worst: float | None) -> str:
+    """One case's panel: the whole slice, the zoomed inset, the caption with Dice per label."""
+    from medresunet.metrics.overlay import png_data_uri, render_overlay_pngs
+
+    full, inset = render_overlay_pngs(ov)
+    cid = html.escape(case_id)
+    where = "2D" if ov.axis < 0 else f"{_VIEWS.get(ov.axis, 'axis')} slice {ov.index} (axis {ov.axis})"
+    dice = []
+    for r in case_rows:
+        text = f"{html.escape(str(r['label_name']))} {_fmt(r['dice'], 2)}"
+        dice.append(f"<b>{text}</b>" if ov.label is not None and int(r["label"]) == ov.label else text)
+    bad = [f"{r['label_name']}: {r['status']}" for r in case_rows if r["status"] in ("missed", "false_positive")]
+    note = f"<div class=bad>{html.escape('; '.join(bad))}</div>" if bad else ""
+    return (f"<div class=case><div class=imgs><img alt='{cid}: whole slice' src='{png_data_uri(full)}'>"
+            f"<img alt='{cid}: zoomed' src='{png_data_uri(inset)}'></div>"
+            f"<div><b>{cid}</b>: lowest Dice {_fmt(worst)}; {where}, {ov.n_disagree} voxels differ</div>"
+            f"<div>Dice: {' &middot; '.join(dice)}</div>{note}</div>")
+
+
 def _figures_html(rows: list[dict], overlays: Mapping[str, OverlaySlice] | None) -> str:
-    from medresunet.metrics.overlay import png_data_uri, render_boxplots_png, render_overlay_png
+    from medresunet.metrics.overlay import png_data_uri, render_boxplots_png
 
     values: dict[str, dict[str, list[float]]] = {"dice": {}, "hd95_mm": {}}
     for r in rows:
@@ -127,20 +162,18 @@ def _figures_html(rows: list[dict], overlays: Mapping[str, OverlaySlice] | None)
     parts = ["<h2>Dice and HD95 per label</h2>",
              f"<img alt='box plots' src='{png_data_uri(render_boxplots_png(values))}'>"]
     if overlays:
-        names = {int(r["label"]): str(r["label_name"]) for r in rows}
-        worst = {}
+        worst: dict[str, float] = {}
+        by_case: dict[str, list[dict]] = {}
         for r in rows:
             d = r["dice"]
             score = d if isinstance(d, float) and math.isfinite(d) else 1.0
             worst[r["case_id"]] = min(worst.get(r["case_id"], 1.0), score)
-        parts.append("<h2>Cases, worst first (slice of largest disagreement)</h2><div class=cases>")
+            by_case.setdefault(r["case_id"], []).append(r)
+        parts.append("<h2>Cases, worst first</h2><p>Each case: the slice where its worst label "
+                     "(bold) disagrees most, whole and zoomed, in the scan's physical proportions.</p>")
+        parts.append(_legend_html() + "<div class=cases>")
         for case_id in sorted(overlays, key=lambda c: (worst.get(c, 1.0), c)):
-            uri = png_data_uri(render_overlay_png(case_id, overlays[case_id], names))
-            bad = [f"{r['label_name']}: {r['status']}" for r in rows
-                   if r["case_id"] == case_id and r["status"] in ("missed", "false_positive")]
-            note = f"<div class=bad>{html.escape('; '.join(bad))}</div>" if bad else ""
-            parts.append(f"<div class=case><img alt='{html.escape(case_id)}' src='{uri}'>"
-                         f"<div>{html.escape(case_id)}: lowest Dice {_fmt(worst.get(case_id))}</div>{note}</div>")
+            parts.append(_case_html(case_id, overlays[case_id], by_case.get(case_id, []), worst.get(case_id)))
         parts.append("</div>")
     return "".join(parts)
 
