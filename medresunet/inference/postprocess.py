@@ -6,7 +6,8 @@ Removed voxels become background (0). Connectivity is face-adjacency (6 neighbou
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -98,4 +99,43 @@ def postprocess(labels: np.ndarray, spacing_mm: Sequence[float], *, largest_comp
         labels = remove_small_components(labels, spacing_mm, min_component_ml)
     if largest_component:
         labels = keep_largest_component(labels)
+    return labels
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    """The postprocessing of one label (chosen by cross-validation: ``RUN/postprocessing.json``).
+
+    Attributes:
+        largest_component: keep only the label's largest connected component.
+        min_component_ml: remove the label's components below this volume in mL (0: none).
+    """
+
+    largest_component: bool = False
+    min_component_ml: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        """Whether the rule changes anything."""
+        return self.largest_component or self.min_component_ml > 0
+
+
+def apply_rules(labels: np.ndarray, spacing_mm: Sequence[float], rules: Mapping[int, LabelRule]) -> np.ndarray:
+    """Apply a rule per label value (small components first, then the largest one).
+
+    Labels are independent: a removed voxel becomes background and no other label changes.
+
+    Args:
+        labels: integer label volume ``(*spatial)``.
+        spacing_mm: voxel spacing in mm.
+        rules: label value -> :class:`LabelRule`; labels without a rule are kept.
+
+    Returns:
+        The processed labels (the input itself when no rule is active).
+    """
+    for value, rule in sorted(rules.items()):
+        if rule.min_component_ml > 0:
+            labels = remove_small_components(labels, spacing_mm, rule.min_component_ml, which=[value])
+        if rule.largest_component:
+            labels = keep_largest_component(labels, which=[value])
     return labels

@@ -1,0 +1,160 @@
+"""Ensemble: several checkpoints (the folds of a run) predicting as one Predictor.
+
+The members' class probabilities (each averaged over its flips with TTA) are averaged on
+the preprocessed grid, before the inversion to the scan's grid and the argmax, as nnU-Net
+ensembles its folds. A scan is preprocessed once (the members share the preprocessing) and
+the members run one after the other into a running sum: the memory of a scan is one
+member's sliding-window run (its window batch and its stitched output) plus one float
+``(K, *spatial)`` probability volume, whatever the number of members; never an array of
+``members x K x volume``.
+
+:class:`Ensemble` is a :class:`~medresunet.inference.predictor.Predictor` (same ``load``,
+``predict_loaded``, settings and ``labels``), so the batch loop takes either. It can also
+apply per-label postprocessing rules (the ``RUN/postprocessing.json`` chosen by
+cross-validation, :mod:`medresunet.crossval.postprocessing`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medresunet.errors import CheckpointError
+from medresunet.inference.postprocess import LabelRule, apply_rules
+from medresunet.inference.predictor import LoadedScan, Prediction, Predictor
+
+PathLike = str | os.PathLike[str]
+
+#: Checkpoint entries the members must agree on: what the network reads and what it outputs.
+SHARED_KEYS = ("labels", "input_channels", "preprocessing")
+
+
+def check_members(checkpoints: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    """Refuse members that disagree in labels, input channels or preprocessing.
+
+    Args:
+        checkpoints: ``(name, checkpoint dict)`` per member; the first is the reference.
+
+    Raises:
+        CheckpointError: no member, or a member whose ``labels``, ``input_channels`` or
+            ``preprocessing`` differs from the first's; the message names both checkpoints
+            and the values.
+    """
+    if not checkpoints:
+        raise CheckpointError("an ensemble needs at least one checkpoint, got none")
+    first_name, first = checkpoints[0]
+    for name, ckpt in checkpoints[1:]:
+        for key in SHARED_KEYS:
+            mine, theirs = _plain(first.get(key)), _plain(ckpt.get(key))
+            if mine != theirs:
+                raise CheckpointError(
+                    f"{name}: its {key} differ from those of {first_name}: expected {mine}, got "
+                    f"{theirs}; ensemble only checkpoints trained on the same labels, channels and "
+                    "preprocessing (the folds of one run)")
+
+
+def _plain(value: Any) -> Any:
+    """Lists for tuples, so that a checkpoint's values compare by content."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class Ensemble(Predictor):
+    """Average the probabilities of several checkpoints.
+
+    Args:
+        checkpoints: ``(name, checkpoint dict)`` per member (the name, usually the file,
+            is used in messages and in ``members``).
+        rules: per-label postprocessing (label value -> :class:`LabelRule`) applied after
+            the argmax, instead of the global ``largest_component`` / ``min_component_ml``.
+        models: networks to use instead of the checkpoints' weights, one per member (tests).
+        **kwargs: the :class:`Predictor` settings (device, overlap, tta, precision, ...),
+            shared by every member.
+
+    Raises:
+        CheckpointError: the members disagree (:func:`check_members`) or one cannot be built.
+    """
+
+    def __init__(self, checkpoints: Sequence[tuple[str, Mapping[str, Any]]],
+                 rules: Mapping[int, LabelRule] | None = None, models: Sequence[Any] | None = None,
+                 **kwargs: Any) -> None:
+        check_members(checkpoints)
+        if models is not None and len(models) != len(checkpoints):
+            raise ValueError(f"models: expected one per checkpoint ({len(checkpoints)}), got {len(models)}")
+        self.member_names = [str(name) for name, _ in checkpoints]
+        self.members: list[Predictor] = []
+        for i, (name, ckpt) in enumerate(checkpoints):
+            try:
+                self.members.append(Predictor(dict(ckpt), model=None if models is None else models[i],
+                                              **kwargs))
+            except CheckpointError as err:
+                raise CheckpointError(f"{name}: {err}") from err
+        super().__init__(dict(checkpoints[0][1]), model=self.members[0].model, **kwargs)
+        self.rules = {int(k): v for k, v in (rules or {}).items()}
+
+    @classmethod
+    def from_files(cls, paths: Sequence[PathLike], **kwargs: Any) -> Ensemble:
+        """Load checkpoint files (:func:`load_checkpoint`) and ensemble them."""
+        from medresunet.training.checkpoint import load_checkpoint
+
+        return cls([(str(p), load_checkpoint(p)) for p in paths], **kwargs)
+
+    @property
+    def members_info(self) -> list[str]:
+        """The members' names (checkpoint files), in order."""
+        return list(self.member_names)
+
+    def probabilities(self, image: torch.Tensor) -> torch.Tensor:
+        """Mean softmax probabilities ``(K, *spatial)`` (CPU, float32) over the members.
+
+        The first member's output becomes the running sum and each further member's is added
+        and freed before the next one runs.
+        """
+        total: torch.Tensor | None = None
+        fell_back = False
+        for member in self.members:
+            member._fell_back = fell_back  # after a CUDA OOM, the rest of the scan stitches on the CPU
+            probs = member.probabilities(image)
+            fell_back = member._fell_back
+            if total is None:
+                total = probs
+            else:
+                total.add_(probs)
+            del probs
+        assert total is not None  # check_members refuses an empty ensemble
+        return total.div_(len(self.members))
+
+    def predict_loaded(self, scan: LoadedScan, return_probabilities: bool = False) -> Prediction:
+        """As :meth:`Predictor.predict_loaded`, then the per-label rules (if any)."""
+        result = super().predict_loaded(scan, return_probabilities)
+        if self.rules:
+            start = time.perf_counter()
+            spacing = tuple(float(s) for s in np.linalg.norm(scan.geometry.affine[:3, :3], axis=0))
+            result.labels = apply_rules(result.labels, spacing, self.rules)
+            result.seconds["postprocess"] = time.perf_counter() - start
+        return result
+
+
+def run_members(run_dir: PathLike, checkpoint: str = "last.pt") -> list[Path]:
+    """The fold checkpoints of a run folder: ``RUN/fold_K/<checkpoint>``, by fold.
+
+    Raises:
+        CheckpointError: the folder holds no ``fold_K/<checkpoint>``.
+    """
+    from medresunet.crossval.layout import fold_dirs
+
+    run = Path(run_dir)
+    members = [d / checkpoint for _, d in fold_dirs(run) if (d / checkpoint).is_file()]
+    if not members:
+        raise CheckpointError(f"{run}: no fold_K/{checkpoint} in this run folder; expected the "
+                              "folds of medresunet-train --fold (or give a checkpoint file)")
+    return members
