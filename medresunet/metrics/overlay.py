@@ -334,7 +334,8 @@ def _rgb_png(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _png_bytes(fig) -> bytes:
+def figure_png(fig) -> bytes:
+    """A matplotlib ``Figure`` as PNG bytes (Agg canvas, tight bounding box)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
@@ -368,4 +369,4 @@ def render_boxplots_png(values: dict[str, dict[str, list[float]]]) -> bytes:
         ax.set_title(title, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    return _png_bytes(fig)
+    return figure_png(fig)
