@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 
@@ -60,7 +59,7 @@ def test_folds_draw_one_line_each_into_the_run_folder(tmp_path, monkeypatch):
     path = progress.write_progress(tmp_path / "fold_1", max_minutes=1.0)
     assert path == tmp_path / "progress.png" and not (tmp_path / "fold_1" / "progress.png").exists()
     assert drawn == [["fold 0", "fold 1"]]
-    assert progress.run_root(tmp_path / "fold_3") == tmp_path and progress.run_root(tmp_path) == tmp_path
+    assert progress.run_root(tmp_path / "fold_0") == tmp_path and progress.run_root(tmp_path) == tmp_path
 
 
 def test_budget_end_reached_or_projected():

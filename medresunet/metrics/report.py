@@ -74,7 +74,7 @@ def _have_matplotlib() -> bool:
     return True
 
 
-_CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+PAGE_CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;font-size:13px;margin:0.5em 0 1.5em}
 th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f0f0f0}
 td.l,th.l{text-align:left}tr.missed td,tr.false_positive td{background:#fde2e2}
@@ -182,7 +182,7 @@ def render_html(rows: list[dict], summary: Mapping, overlays: Mapping[str, Overl
                 title: str = "medresunet evaluation") -> str:
     """The self-contained HTML report (figures only when matplotlib is importable)."""
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+             f"<style>{PAGE_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p>{summary['n_cases']} case(s). Statistics over finite values; every status is "
              "counted (a missed organ has Dice 0, included in the mean).</p>",
              "<h2>Summary per label</h2>", _summary_html(summary)]

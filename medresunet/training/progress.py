@@ -14,21 +14,19 @@ be redrawn from any run folder. Needs matplotlib (the ``report`` extra); without
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from medresunet.crossval.layout import fold_dirs
 from medresunet.io.atomic import write_bytes_atomic
 from medresunet.metrics.overlay import figure_png
 
 logger = logging.getLogger(__name__)
-FOLD_DIR = re.compile(r"^fold_(\d+)$")
 EMA_WEIGHT = 0.5  # of the previous smoothed value: follows a trend within a few epochs
 _warned_no_matplotlib = False
 
@@ -84,15 +82,14 @@ def read_log(path: str | Path, name: str = "") -> Curves:
 def run_root(run_dir: str | Path) -> Path:
     """The folder that holds ``progress.png``: ``RUN`` for ``RUN`` and for ``RUN/fold_K``."""
     run_dir = Path(run_dir)
-    return run_dir.parent if FOLD_DIR.match(run_dir.name) else run_dir
+    return run_dir.parent if any(d == run_dir for _, d in fold_dirs(run_dir.parent)) else run_dir
 
 
 def find_logs(root: str | Path) -> list[tuple[str, Path]]:
     """``(name, log.csv)`` of a run folder: its own log, then its folds' in fold order."""
     root = Path(root)
     found = [("", root / "log.csv")] if (root / "log.csv").is_file() else []
-    folds = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := FOLD_DIR.match(p.name))]
-    found += [(f"fold {k}", p / "log.csv") for k, p in sorted(folds) if (p / "log.csv").is_file()]
+    found += [(f"fold {k}", p / "log.csv") for k, p in fold_dirs(root) if (p / "log.csv").is_file()]
     return found
 
 
@@ -127,7 +124,7 @@ def _draw(ax_loss, ax_dice, ax_lr, ax_time, curves: Sequence[Curves], colours: l
     ax_minutes = ax_time.twinx()
     ax_minutes.set_ylabel("minutes elapsed (dashed)", fontsize=11)
     folds = len(curves) > 1 or bool(curves and curves[0].name)
-    for c, colour in zip(curves, colours):
+    for c, colour in zip(curves, colours, strict=False):  # colours: at least one
         tag = f"{c.name}: " if c.name else ""
         ax_loss.plot(c.step, c.train_loss, ".", color=colour, alpha=0.35, ms=4)
         ax_loss.plot(c.step, smooth(c.train_loss), "-", color=colour, lw=2, label=f"{tag}smoothed")
@@ -138,10 +135,10 @@ def _draw(ax_loss, ax_dice, ax_lr, ax_time, curves: Sequence[Curves], colours: l
         if folds:  # one colour per fold: its mean Dice bold, each label thin
             ax_dice.plot(c.epoch[val], c.dice_mean[val], "o-", color=colour, lw=2.2, ms=3,
                          label=f"{c.name} mean")
-            for name, values in c.dice.items():
+            for values in c.dice.values():
                 ax_dice.plot(c.epoch[val], values[val], "-", color=colour, lw=0.8, alpha=0.6)
         else:  # one colour per label, the mean in black
-            for (name, values), lc in zip(c.dice.items(), _palette(len(c.dice))):
+            for (name, values), lc in zip(c.dice.items(), _palette(len(c.dice)), strict=False):
                 ax_dice.plot(c.epoch[val], values[val], "o-", color=lc, lw=1.6, ms=3, label=name)
             if len(c.dice) > 1:
                 ax_dice.plot(c.epoch[val], c.dice_mean[val], "k--", lw=1.6, label="mean")
@@ -177,7 +174,7 @@ def render_progress_png(curves: Sequence[Curves], max_minutes: float | None = No
         _mark_budget(axes, curves[budget_curve], max_minutes, budget_from_epoch)
     titles = (("training loss (dots: epoch mean)", "step"), ("validation Dice", "epoch"),
               ("learning rate", "step"), ("seconds per epoch", "epoch"))
-    for ax, (title, xlabel) in zip(axes.ravel(), titles):
+    for ax, (title, xlabel) in zip(axes.ravel(), titles, strict=True):
         ax.set_title(title, fontsize=13)
         ax.set_xlabel(xlabel, fontsize=11)
         ax.tick_params(labelsize=10)
@@ -195,7 +192,7 @@ def _mark_budget(axes, c: Curves, minutes: float, from_epoch: int) -> None:
     if end is None:
         return
     steps_per_epoch = float(np.nanmax(c.step) / np.nanmax(c.epoch)) if np.isfinite(c.step).any() else 0.0
-    for ax, x in zip(axes.ravel(), (end * steps_per_epoch, end, end * steps_per_epoch, end)):
+    for ax, x in zip(axes.ravel(), (end * steps_per_epoch, end, end * steps_per_epoch, end), strict=True):
         ax.axvline(x, color="#c00", ls=":", lw=1.8, label=f"budget end ({minutes:g} min)")
 
 
