@@ -33,7 +33,6 @@ from pipelines._cli import (
 
 log = logging.getLogger(__name__)
 PROG = "medresunet-eval"
-OUTPUT_FILES = ("metrics.csv", "metrics.json", "summary.json", "summary.csv", "report.html")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,13 +67,14 @@ def _run(args: argparse.Namespace) -> int:
     from medresunet.errors import UsageError
     from medresunet.evaluation import evaluate_pairs, pair_cases
     from medresunet.metrics import format_summary, summarize, write_reports
+    from medresunet.metrics.report import existing_reports
     from medresunet.runinfo import environment_info, write_run_json
 
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
     if not args.nsd_tolerance >= 0:
         raise UsageError(f"--nsd-tolerance must be >= 0 mm, got {args.nsd_tolerance}")
-    existing = [name for name in OUTPUT_FILES if (args.output / name).exists()]
+    existing = existing_reports(args.output)
     if existing and not args.overwrite and not (args.output / "run.json").exists():
         # run.json is written last: without it the reports are those of an interrupted run
         log.warning("%s: reports of an interrupted run (no run.json); replacing them", args.output)

@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--series-uid", default=None,
                    help="SeriesInstanceUID to read from DICOM folders holding several series")
     p.add_argument("--labels", type=Path, default=None,
-                   help="reference labels (folder or manifest): also write OUTPUT/report/")
+                   help="reference labels (folder or manifest): also write OUTPUT/report/ "
+                        "(an existing report is replaced only with --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="segment only shard I of N (0-based, 0 <= I < N): the scans whose index in the "
@@ -80,6 +81,14 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--labels {args.labels}: no such folder or manifest")
     if args.output.exists() and not args.output.is_dir():
         raise UsageError(f"--output {args.output}: exists and is not a folder")
+    if args.labels is not None and not args.overwrite:
+        from medresunet.metrics.report import existing_reports
+
+        existing = existing_reports(args.output / "report")
+        if existing:
+            raise UsageError(f"{args.output / 'report'}: an evaluation report exists already "
+                             f"({', '.join(existing)}); pass --overwrite to replace it (and the "
+                             "predictions), or move it away first")
     if args.shard is not None:
         args.shard_index, args.shard_count = distributed.parse_shard(args.shard)
         if distributed.under_torchrun():

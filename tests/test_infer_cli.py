@@ -194,3 +194,24 @@ def test_labels_report_and_single_file_input(tmp_path, model, capsys):
     run = json.loads((out / "run.json").read_text())
     assert run["settings"]["tta"] is True and run["settings"]["precision"] == "bf16"
     assert "metrics_csv" in run["report"]
+
+
+def test_labels_report_not_replaced_without_overwrite(tmp_path, model, capsys):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "ref").mkdir()
+    image = _image()
+    write_nifti(tmp_path / "in" / "a.nii.gz", image, make_affine("ras"))
+    write_nifti(tmp_path / "ref" / "a.nii.gz", (image > 0).astype(np.uint8), make_affine("ras"))
+    out = tmp_path / "out"
+    args = ["--model", str(model), "--input", str(tmp_path / "in"), "--output", str(out),
+            "--device", "cpu", "--quiet", "--labels", str(tmp_path / "ref")]
+    assert main(args) == 0
+    csv_before = (out / "report" / "metrics.csv").read_bytes()
+    (out / "report" / "summary.json").write_text('{"mine": 1}\n')  # a report the user kept
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "report" in err and "--overwrite" in err
+    assert (out / "report" / "summary.json").read_text() == '{"mine": 1}\n'
+    assert main([*args, "--overwrite"]) == 0
+    assert "n_cases" in (out / "report" / "summary.json").read_text()
+    assert (out / "report" / "metrics.csv").read_bytes() == csv_before

@@ -25,6 +25,13 @@ log = logging.getLogger(__name__)
 
 ROW_COLUMNS = ("case_id", "label", "label_name", "status", "dice", "iou", "hd_mm", "hd95_mm",
                "assd_mm", "nsd", "ref_volume_ml", "pred_volume_ml")
+REPORT_FILES = ("metrics.csv", "metrics.json", "summary.json", "summary.csv", "report.html")
+
+
+def existing_reports(out_dir: str | Path) -> list[str]:
+    """The names of :data:`REPORT_FILES` already in ``out_dir`` (empty if none or no folder)."""
+    out = Path(out_dir)
+    return [name for name in REPORT_FILES if (out / name).exists()]
 
 
 def _json_value(value):
