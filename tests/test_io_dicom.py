@@ -44,8 +44,9 @@ def test_two_series_and_junk(tmp_path, caplog):
     folder = tmp_path / "study"
     affine = make_affine("ras")
     big, small = _ct(), _ct()[:, :, :5]
-    write_dicom_series(folder / "a", big, affine, series_uid="1.2.3.4.1", prefix="A")
+    write_dicom_series(folder, big, affine, series_uid="1.2.3.4.1", prefix="A")
     write_dicom_series(folder, small + 7, affine, series_uid="1.2.3.4.2", prefix="B")
+    write_dicom_series(folder / "sub", _ct(), affine, series_uid="1.2.3.4.3")  # its own case
     (folder / "notes.dcm").write_text("not dicom at all")
     (folder / "random").write_bytes(np.random.default_rng(0).bytes(400))
     (folder / "DICOMDIR_like").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 20)

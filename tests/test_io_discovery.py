@@ -49,3 +49,29 @@ def test_discover_errors(tmp_path):
     (tmp_path / "n.txt").write_text("x")
     with pytest.raises(UsageError, match="not a scan"):
         discover_scans(tmp_path / "n.txt")
+
+
+def test_study_folder_with_series_subfolders(tmp_path):
+    """One rule for discovery and reading: the DICOM images directly in a folder."""
+    from medresunet.errors import ScanError
+    from medresunet.io import read_volume
+
+    affine = make_affine("ras")
+    ct = np.arange(8 * 6 * 6, dtype=np.int16).reshape(8, 6, 6)
+    study = tmp_path / "in" / "study"
+    write_dicom_series(study / "s1", ct, affine, series_uid="1.2.9.1")
+    write_dicom_series(study / "s2", ct[:, :, :3] + 5, affine, series_uid="1.2.9.2")
+    (study / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 20)  # no image: no case
+    # a patient folder with a series of its own and a bigger one in a subfolder
+    write_dicom_series(tmp_path / "in" / "pat", ct[:, :, :4] + 9, affine, series_uid="1.2.9.3")
+    write_dicom_series(tmp_path / "in" / "pat" / "sub", ct, affine, series_uid="1.2.9.4")
+    refs = discover_scans(tmp_path / "in")
+    assert [(r.case_id, r.path.relative_to(tmp_path / "in").as_posix()) for r in refs] == [
+        ("pat", "pat"), ("pat_sub", "pat/sub"), ("study_s1", "study/s1"), ("study_s2", "study/s2")]
+    volumes = {r.case_id: read_volume(r.path)[0] for r in refs}
+    np.testing.assert_array_equal(volumes["pat"], ct[:, :, :4] + 9)  # not its child's series
+    np.testing.assert_array_equal(volumes["pat_sub"], ct)
+    np.testing.assert_array_equal(volumes["study_s2"], ct[:, :, :3] + 5)
+    with pytest.raises(ScanError, match="subfolders hold series") as err:
+        read_volume(study)
+    assert "s1" in str(err.value) and "s2" in str(err.value)

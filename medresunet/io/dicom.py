@@ -1,7 +1,9 @@
 """DICOM series in a folder: find them, pick one, check its slices, compute its geometry.
 
-A folder (searched recursively) may hold several series and files that are not DICOM.
-Series are never mixed: one is picked by SeriesInstanceUID, or the one with most slices
+A series folder is read by one rule, the same that scan discovery uses to make cases: the
+DICOM image files directly in the folder, never those of its subfolders (a study folder's
+series subfolders are cases of their own). A folder may hold several series and files that
+are not DICOM. Series are never mixed: one is picked by SeriesInstanceUID, or the one with most slices
 (the choice and the others are logged). A series whose slices are not parallel, not the
 same size, stacked at one position twice, or not uniformly spaced (a missing slice) is
 refused with :class:`~medresunet.errors.ScanError` instead of being read with a wrong
@@ -107,12 +109,13 @@ def _read_header(path: Path):
         instance = int(getattr(ds, "InstanceNumber", 0) or 0)
     except (TypeError, ValueError):
         frames, instance = 1, 0
+    thick_mm = _floats([thick], 1) if thick else None  # a corrupt value: as if absent
     header = SliceHeader(
         path=path, rows=int(rows), columns=int(cols),
         orientation=_floats(getattr(ds, "ImageOrientationPatient", None), 6),
         position=_floats(getattr(ds, "ImagePositionPatient", None), 3),
         pixel_spacing=(ps[0], ps[1]) if ps else None,
-        thickness=float(thick) if thick else None, frames=frames, instance=instance,
+        thickness=thick_mm[0] if thick_mm else None, frames=frames, instance=instance,
     )
     meta = (str(uid), str(getattr(ds, "SeriesDescription", "") or ""),
             str(getattr(ds, "Modality", "") or ""))
@@ -127,8 +130,39 @@ def _sort_slices(slices: list[SliceHeader]) -> list[SliceHeader]:
     return sorted(slices, key=lambda s: (s.instance, str(s.path)))
 
 
+def _candidate_files(folder: Path) -> list[Path]:
+    """The non-hidden files directly in ``folder`` that carry the DICOM preamble, sorted."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    paths = (folder / n for n in names if not n.startswith("."))
+    return [p for p in paths if p.is_file() and is_dicom_file(p)]
+
+
+def holds_dicom_images(folder: str | os.PathLike[str]) -> bool:
+    """True if ``folder`` directly holds a DICOM image file (the rule of a series folder).
+
+    A DICOMDIR or another DICOM file without an image (no SeriesInstanceUID/Rows) does not
+    count, nor do the files of subfolders. Reads headers only until the first image.
+    """
+    return any(_read_header(p) is not None for p in _candidate_files(Path(folder)))
+
+
+def subfolders_with_images(folder: str | os.PathLike[str], limit: int = 5) -> list[Path]:
+    """Up to ``limit`` folders below ``folder`` that hold DICOM images themselves (for messages)."""
+    found: list[Path] = []
+    for dirpath, dirnames, _ in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if Path(dirpath) != Path(folder) and holds_dicom_images(dirpath):
+            found.append(Path(dirpath))
+            if len(found) >= limit:
+                break
+    return found
+
+
 def find_series(folder: str | os.PathLike[str]) -> list[SeriesInfo]:
-    """Every DICOM series under ``folder`` (recursive), most slices first.
+    """Every DICOM series of the files directly in ``folder`` (not its subfolders), most slices first.
 
     Files that are not DICOM (any name), hidden files and DICOM files without an image
     are skipped. Raises ScanError if ``folder`` is not a folder.
@@ -138,18 +172,13 @@ def find_series(folder: str | os.PathLike[str]) -> list[SeriesInfo]:
         raise ScanError(f"{folder}: expected a folder of DICOM files, but it is not a folder")
     groups: dict[str, list[SliceHeader]] = {}
     info: dict[str, tuple[str, str]] = {}
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if name.startswith(".") or not is_dicom_file(path):
-                continue
-            found = _read_header(path)
-            if found is None:
-                continue
-            (uid, desc, modality), header = found
-            groups.setdefault(uid, []).append(header)
-            info.setdefault(uid, (desc, modality))
+    for path in _candidate_files(folder):
+        found = _read_header(path)
+        if found is None:
+            continue
+        (uid, desc, modality), header = found
+        groups.setdefault(uid, []).append(header)
+        info.setdefault(uid, (desc, modality))
     series = []
     for uid, slices in groups.items():
         ordered = _sort_slices(slices)
@@ -170,6 +199,13 @@ def select_series(folder: str | os.PathLike[str], series_uid: str | None = None)
     folder = Path(folder)
     series = find_series(folder)
     if not series:
+        nested = subfolders_with_images(folder)
+        if nested:
+            shown = ", ".join(str(p.relative_to(folder)) for p in nested)
+            raise ScanError(f"{folder}: no DICOM series found directly in the folder, but its "
+                            f"subfolders hold series ({shown}{', ...' if len(nested) >= 5 else ''}); "
+                            "a series is read from the files of one folder: give the series "
+                            "folder itself (medresunet-infer makes one case per series folder)")
         raise ScanError(f"{folder}: no DICOM series found (expected DICOM image files "
                         "with the 'DICM' preamble); give a folder of DICOM files")
     others = ", ".join(f"{s.uid} ({s.n_slices} slices, {s.description!r})" for s in series)
