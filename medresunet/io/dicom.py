@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,31 +131,37 @@ def _sort_slices(slices: list[SliceHeader]) -> list[SliceHeader]:
     return sorted(slices, key=lambda s: (s.instance, str(s.path)))
 
 
-def _candidate_files(folder: Path) -> list[Path]:
-    """The non-hidden files directly in ``folder`` that carry the DICOM preamble, sorted."""
+def iter_series_files(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """The files of a series folder, sorted by name: those directly in ``folder`` with the
+    DICOM preamble.
+
+    The one rule of scan discovery (a folder with such a file is a case) and of series
+    reading: subfolders are not part of the folder (they are cases of their own); hidden
+    files and the ``DICOMDIR`` index of a DICOM medium are left out.
+    """
+    folder = Path(folder)
     try:
         names = sorted(os.listdir(folder))
     except OSError:
-        return []
-    paths = (folder / n for n in names if not n.startswith("."))
-    return [p for p in paths if p.is_file() and is_dicom_file(p)]
+        return
+    for name in names:
+        path = folder / name
+        if not name.startswith(".") and name.upper() != "DICOMDIR" and path.is_file() \
+                and is_dicom_file(path):
+            yield path
 
 
-def holds_dicom_images(folder: str | os.PathLike[str]) -> bool:
-    """True if ``folder`` directly holds a DICOM image file (the rule of a series folder).
-
-    A DICOMDIR or another DICOM file without an image (no SeriesInstanceUID/Rows) does not
-    count, nor do the files of subfolders. Reads headers only until the first image.
-    """
-    return any(_read_header(p) is not None for p in _candidate_files(Path(folder)))
+def has_series_files(folder: str | os.PathLike[str]) -> bool:
+    """True if ``folder`` is a series folder (:func:`iter_series_files` finds a file)."""
+    return next(iter_series_files(folder), None) is not None
 
 
-def subfolders_with_images(folder: str | os.PathLike[str], limit: int = 5) -> list[Path]:
-    """Up to ``limit`` folders below ``folder`` that hold DICOM images themselves (for messages)."""
+def subfolders_with_series(folder: str | os.PathLike[str], limit: int = 5) -> list[Path]:
+    """Up to ``limit`` folders below ``folder`` that are series folders themselves (for messages)."""
     found: list[Path] = []
     for dirpath, dirnames, _ in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        if Path(dirpath) != Path(folder) and holds_dicom_images(dirpath):
+        if Path(dirpath) != Path(folder) and has_series_files(dirpath):
             found.append(Path(dirpath))
             if len(found) >= limit:
                 break
@@ -172,7 +179,7 @@ def find_series(folder: str | os.PathLike[str]) -> list[SeriesInfo]:
         raise ScanError(f"{folder}: expected a folder of DICOM files, but it is not a folder")
     groups: dict[str, list[SliceHeader]] = {}
     info: dict[str, tuple[str, str]] = {}
-    for path in _candidate_files(folder):
+    for path in iter_series_files(folder):
         found = _read_header(path)
         if found is None:
             continue
@@ -199,7 +206,7 @@ def select_series(folder: str | os.PathLike[str], series_uid: str | None = None)
     folder = Path(folder)
     series = find_series(folder)
     if not series:
-        nested = subfolders_with_images(folder)
+        nested = subfolders_with_series(folder)
         if nested:
             shown = ", ".join(str(p.relative_to(folder)) for p in nested)
             raise ScanError(f"{folder}: no DICOM series found directly in the folder, but its "

@@ -1,9 +1,9 @@
 """Find the scans (cases) under an input path: files and DICOM series folders.
 
 Each NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``) or MHA/MHD file is one case
-with id = its name without extension; each folder that directly holds DICOM image files is
-one case (the files that :func:`medresunet.io.dicom.find_series` reads: a study folder's
-series subfolders are separate cases, a DICOMDIR makes none) with id = its path below the input root, ``/`` replaced by ``_`` (the root's own name
+with id = its name without extension; each folder that directly holds DICOM files is one
+case (:func:`medresunet.io.dicom.iter_series_files`, the files that series reading reads: a study
+folder's series subfolders are separate cases, a DICOMDIR makes none) with id = its path below the input root, ``/`` replaced by ``_`` (the root's own name
 when the root itself is that folder). Hidden names (``.``, including the ``.tmp-`` files of
 interrupted atomic writes) are ignored. The result is sorted by case id.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medresunet.errors import UsageError
-from medresunet.io.dicom import holds_dicom_images
+from medresunet.io.dicom import has_series_files
 from medresunet.io.reading import ITK_SUFFIXES, NIFTI_SUFFIXES
 
 _SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
@@ -88,7 +88,7 @@ def discover_scans(root: str | os.PathLike[str]) -> list[ScanRef]:
                 found.append(ScanRef(case_id_from_path(path), path, kind))
             else:
                 other_files = True
-        if other_files and holds_dicom_images(folder):
+        if other_files and has_series_files(folder):
             rel = folder.relative_to(root)
             case_id = root.resolve().name if rel == Path(".") else "_".join(rel.parts)
             found.append(ScanRef(case_id, folder, "dicom"))
