@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
                              "end of the step that crosses it, validates and writes checkpoints")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value, e.g. --set train.lr=3.0e-4 (repeatable)")
+    parser.add_argument("--fold", metavar="K|all",
+                        help="cross-validation: train fold K (0-based, of train.folds) or all folds into "
+                             "RUN/fold_K/, then the out-of-fold CV report (pipelines/train_folds.py)")
     return parser
 
 
@@ -100,6 +103,10 @@ def _check_args(args: argparse.Namespace, run_dir: Path) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     with distributed.session(args.device) as (dist, device):
+        if args.fold is not None:
+            from pipelines.train_folds import run_folds
+
+            return run_folds(args, dist, device, _run_rank)
         return _run_rank(args, dist, device)
 
 
@@ -119,7 +126,7 @@ def _run_rank(args: argparse.Namespace, dist: Any, device: Any) -> int:  # noqa:
     config, ckpt = _resolve_config(args, run_dir)
     distributed.barrier(dist)  # every rank has checked --output before rank 0 writes into it
 
-    manifest = load_manifest(args.manifest)
+    manifest = getattr(args, "cv_manifest", None) or load_manifest(args.manifest)  # a fold: the CV's
     tc = config.train
     train_cases, val_cases = split_cases(manifest, tc.fold, tc.folds, tc.seed)
     if not train_cases:
@@ -143,6 +150,8 @@ def _run_rank(args: argparse.Namespace, dist: Any, device: Any) -> int:  # noqa:
 
     if ckpt is not None:
         prep = Preprocessing.from_dict(ckpt["preprocessing"])
+    elif getattr(args, "shared_preprocessing", None) is not None:  # a fold: the run's one fingerprint
+        prep = Preprocessing.from_dict(args.shared_preprocessing)
     else:  # measured once, on rank 0, from all training cases
         prep_dict = (_fingerprint(train_cases, manifest.channels, config, args.quiet).to_dict()
                      if dist.is_main else None)

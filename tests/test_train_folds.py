@@ -1,0 +1,80 @@
+"""medresunet-train --fold: folds under RUN/fold_K, one config and fingerprint, out-of-fold
+predictions, the CV report covering every case once, resume of one fold."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medresunet.crossval.folds import parse_fold, share_minutes
+from medresunet.errors import UsageError
+from pipelines.train import main
+from tests.test_train_cli import TINY, _sets, write_dataset
+
+CASES = [(f"c{i}", kind, (1.5, 1.5, 2.0), "float32", None, split)
+         for i, (kind, split) in enumerate([("ras", None), ("lps", "train"), ("oblique", None),
+                                            ("ras", "val"), ("lps", None), ("oblique", None)])]
+
+
+@pytest.fixture(scope="module")
+def folds_run(tmp_path_factory):
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("folds")
+    cases = [(cid, kind, sp, np.float32, slope, split) for cid, kind, sp, _, slope, split in CASES]
+    manifest = write_dataset(root / "data", cases, shape=(24, 24, 16))
+    run = root / "RUN"
+    code = main(["--manifest", str(manifest), "--config", "demo", "--output", str(run), "--fold", "all",
+                 "--quiet", "--device", "cpu", *_sets(*TINY, "train.folds=3", "data.patch_size=[16,16,16]", "data.target_spacing=[3.0,3.0,3.0]")])
+    assert code == 0
+    return manifest, run
+
+
+def test_fold_all_covers_every_case_once(folds_run):
+    _, run = folds_run
+    ids = sorted(c[0] for c in CASES)
+    for k in range(3):
+        assert (run / "fold_k".replace("k", str(k)) / "last.pt").is_file()
+        assert json.loads((run / f"fold_{k}" / "oof.json").read_text())["fold"] == k
+    folds = json.loads((run / "cv" / "folds.json").read_text())["validation_cases"]
+    assert sorted(c for v in folds.values() for c in v) == ids  # each case validated by one fold
+    assert sorted(p.name for p in (run / "cv" / "predictions").iterdir()) == [f"{c}.nii.gz" for c in ids]
+    rows = json.loads((run / "cv" / "report" / "metrics.json").read_text())
+    assert sorted({r["case_id"] for r in rows}) == ids and len(rows) == 2 * len(ids)
+    summary = json.loads((run / "cv" / "summary.json").read_text())
+    assert summary["complete"] and summary["n_cases"] == 6 and summary["folds"] == 3
+    assert set(summary["per_label"]) == {"big", "small"}
+    post = json.loads((run / "postprocessing.json").read_text())
+    assert set(post["labels"]) == {"big", "small"} and post["n_cases"] == 6
+    # one fingerprint, on all six cases, in every fold's checkpoint
+    import torch
+
+    fp = json.loads((run / "fingerprint.json").read_text())
+    assert fp["cases"] == ids
+    for k in range(3):
+        ckpt = torch.load(run / f"fold_{k}" / "last.pt", weights_only=True)
+        assert ckpt["preprocessing"] == fp["preprocessing"]
+        assert ckpt["config"]["train"]["fold"] == k
+    assert (run / "config.yaml").is_file()
+
+
+def test_resume_one_fold(folds_run):
+    manifest, run = folds_run
+    before = {k: (run / f"fold_{k}" / "last.pt").stat().st_mtime_ns for k in range(3)}
+    code = main(["--manifest", str(manifest), "--output", str(run), "--fold", "1", "--resume",
+                 "--epochs", "2", "--quiet", "--device", "cpu"])
+    assert code == 0
+    log = (run / "fold_1" / "log.csv").read_text().splitlines()
+    assert log[-1].split(",")[0] == "2"  # fold 1 went on to epoch 2
+    after = {k: (run / f"fold_{k}" / "last.pt").stat().st_mtime_ns for k in range(3)}
+    assert after[0] == before[0] and after[2] == before[2] and after[1] != before[1]
+    assert json.loads((run / "cv" / "summary.json").read_text())["complete"]
+
+
+def test_fold_arguments():
+    assert parse_fold("all", 3) == [0, 1, 2] and parse_fold("2", 3) == [2]
+    with pytest.raises(UsageError, match=r"--fold '3': expected 'all' or a fold in 0\.\.2"):
+        parse_fold("3", 3)
+    # the call's budget: each fold gets an equal share of what is left when it starts
+    assert share_minutes(9.0, 3) == 3.0 and share_minutes(7.0, 2) == 3.5 and share_minutes(None, 3) is None
