@@ -30,6 +30,7 @@ NORMALIZATIONS = ("auto", "ct", "zscore", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("poly", "cosine", "constant")
 CACHES = ("memory", "disk", "none")
+VAL_MODES = ("volume", "patch")
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,10 @@ class ModelConfig:
     ``channels`` gives the feature maps per resolution level (the last is the
     bottleneck), so ``len(channels) - 1`` downsamplings; ``num_res_blocks`` is the
     number of residual blocks per encoder level (an int for all levels, or one per
-    level). The network outputs logits; softmax is applied by the loss and at inference.
+    level). ``strides`` (one per downsampling, one value 1 or 2 per axis) and
+    ``kernel_sizes`` (one per level, 1 or 3 per axis) make the network anisotropic;
+    ``None`` is 2 and 3 along every axis. The network outputs logits; softmax is applied
+    by the loss and at inference.
     """
 
     spatial_dims: int = 3
@@ -52,9 +56,13 @@ class ModelConfig:
     downsample: str = "maxpool"
     bias: bool = True
     deep_supervision: bool = False
+    strides: tuple[tuple[int, ...], ...] | None = None
+    kernel_sizes: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         _check_choice("model.spatial_dims", self.spatial_dims, (2, 3))
+        _check_per_axis("model.strides", self.strides, len(self.channels) - 1, self.spatial_dims, (1, 2))
+        _check_per_axis("model.kernel_sizes", self.kernel_sizes, len(self.channels), self.spatial_dims, (1, 3))
         if len(self.channels) < 2 or any(c < 1 for c in self.channels):
             raise ConfigError(
                 f"model.channels: expected at least two positive feature counts, got {list(self.channels)}"
@@ -146,7 +154,11 @@ class TrainConfig:
 
     ``steps_per_epoch`` ``None`` means one pass over the training cases' patches.
     ``precision`` ``auto`` is fp16 AMP on CUDA, bf16 autocast on CPUs that support it
-    (checked at run time), else fp32. ``val_interval`` is in epochs.
+    (checked at run time), else fp32. ``val_interval`` is in epochs. ``val_mode``
+    ``patch`` validates during training on one patch-sized crop per validation case
+    (around its foreground), and on the whole volumes at the end. ``fit_budget`` (with
+    ``--max-minutes``): after the first epoch the epochs are re-fitted to the steps the
+    remaining budget allows at the measured step time, and the learning-rate decay with them.
     """
 
     epochs: int = 100
@@ -164,9 +176,12 @@ class TrainConfig:
     seed: int = 0
     folds: int = 5
     fold: int = 0
+    val_mode: str = "volume"
+    fit_budget: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("train.schedule", self.schedule, SCHEDULES)
+        _check_choice("train.val_mode", self.val_mode, VAL_MODES)
         _check_choice("train.precision", self.precision, PRECISIONS)
         for name in ("epochs", "batch_size", "val_interval", "folds"):
             if getattr(self, name) < 1:
@@ -229,6 +244,16 @@ class Config:
 def _check_choice(key: str, value: Any, choices: tuple[Any, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{key}: expected one of {list(choices)}, got {value!r}")
+
+
+def _check_per_axis(key: str, value: Any, levels: int, dims: int, allowed: tuple[int, ...]) -> None:
+    """``value`` None, or ``levels`` entries of ``dims`` values from ``allowed``."""
+    if value is None:
+        return
+    ok = len(value) == levels and all(len(v) == dims and all(x in allowed for x in v) for v in value)
+    if not ok:
+        raise ConfigError(f"{key}: expected {levels} entries of {dims} values from {list(allowed)} "
+                          f"(one per level, one per axis), got {[list(v) for v in value]}")
 
 
 def _type_name(tp: Any) -> str:

@@ -54,8 +54,8 @@ def test_article_preset_parameter_count_by_hand():
     assert n_params(model) == expected
     # The layer list itself: three encoder levels, two max-pools, bilinear upsampling.
     assert [type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__] == []
-    assert model.total_stride == 4
-    assert isinstance(model.pool, torch.nn.MaxPool2d)
+    assert model.total_stride == (4, 4)
+    assert len(model.pools) == 2 and all(isinstance(p, torch.nn.MaxPool2d) for p in model.pools)
     assert all(u.mode == "bilinear" and u.align_corners is False for u in model.upsamples)
     assert [len(stage) for stage in model.encoder] == [1, 1, 1]
     assert [b.conv1.out_channels for b in (*(s[0] for s in model.encoder), *model.decoder)] == [
@@ -80,7 +80,7 @@ def test_odd_sizes_give_the_input_size(spatial_dims, size):
     model = small_net(spatial_dims, channels=[2, 4, 8, 8]).train()  # train: norms see batch stats
     out = model(torch.randn(1, 1, *size))
     assert out.shape == (1, 2, *size)
-    assert model.total_stride == 8
+    assert model.total_stride == (8,) * spatial_dims
     assert all(p % 8 == 0 for p in model.padded_shape(size))
 
 
@@ -133,7 +133,7 @@ def test_each_norm_and_act_builds_and_runs(norm, act):
 @pytest.mark.parametrize("downsample", ["maxpool", "conv"])
 def test_up_and_downsample_options(upsample, downsample):
     model = small_net(3, upsample=upsample, downsample=downsample, num_res_blocks=[1, 2, 1])
-    assert (model.pool is None) == (downsample == "conv")
+    assert (len(model.pools) == 0) == (downsample == "conv")
     out = model.train()(torch.randn(1, 1, 10, 7, 5))
     assert out.shape == (1, 2, 10, 7, 5)
 
@@ -228,7 +228,8 @@ def test_bf16_autocast_pools_in_bf16():
     """CPU autocast would run max_pool3d in fp32; the network pools in the input's dtype."""
     model = small_net(3).eval()
     dtypes = []
-    model.pool.register_forward_hook(lambda mod, inp, out: dtypes.append(out.dtype))
+    for pool in model.pools:
+        pool.register_forward_hook(lambda mod, inp, out: dtypes.append(out.dtype))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         model(torch.randn(1, 1, 8, 8, 8))
     assert dtypes == [torch.bfloat16, torch.bfloat16]
@@ -275,4 +276,69 @@ def test_network_kwargs_per_level_blocks():
     assert kwargs["num_res_blocks"] == [1, 2, 2, 1]
     model = ResidualUNet(**kwargs)
     assert [len(s) for s in model.encoder] == [1, 2, 2, 1]
-    assert model.total_stride == 2 ** (len(cfg.channels) - 1) == math.prod([2] * 3)
+    assert model.total_stride == (2 ** (len(cfg.channels) - 1),) * 3 == (math.prod([2] * 3),) * 3
+
+
+# --------------------------------------------------------------------------- anisotropic
+
+
+ANISO = {"strides": [[2, 2, 1], [2, 2, 1], [2, 2, 2]], "kernel_sizes": [[3, 3, 1], [3, 3, 1], [3, 3, 3], [3, 3, 3]]}
+
+
+@pytest.mark.parametrize("downsample, upsample", [("maxpool", "transpose"), ("conv", "linear"), ("maxpool", "nearest")])
+@pytest.mark.parametrize("size", [(37, 29, 7), (17, 16, 3), (8, 8, 2), (1, 1, 1)])
+def test_anisotropic_odd_sizes_give_the_input_size(size, downsample, upsample):
+    model = small_net(3, channels=[2, 4, 8, 8], downsample=downsample, upsample=upsample, **ANISO).train()
+    assert model.total_stride == (8, 8, 2)
+    assert model.padded_shape(size)[2] % 2 == 0 and all(p % 8 == 0 for p in model.padded_shape(size)[:2])
+    out = model(torch.randn(1, 1, *size))
+    assert out.shape == (1, 2, *size)
+
+
+def test_anisotropic_kernels_and_strides_reach_the_layers():
+    model = small_net(3, channels=[2, 4, 8, 8], **ANISO)
+    assert model.encoder[0][0].conv1.kernel_size == (3, 3, 1)
+    assert model.encoder[0][0].conv1.padding == (1, 1, 0)
+    assert model.decoder[0].conv2.kernel_size == (3, 3, 1)
+    assert model.encoder[3][0].conv1.kernel_size == (3, 3, 3)
+    assert [p.kernel_size for p in model.pools] == [(2, 2, 1), (2, 2, 1), (2, 2, 2)]
+    assert model.upsamples[0].stride == (2, 2, 1) and model.upsamples[2].stride == (2, 2, 2)
+    # a kernel-1 axis mixes no slices: slice k of the output depends on input slice k only (level 0 only)
+    shallow = small_net(3, channels=[2, 4], strides=[[1, 1, 1]], kernel_sizes=[[3, 3, 1], [3, 3, 1]],
+                        norm="none").eval()
+    x = torch.randn(1, 1, 8, 8, 4)
+    y = x.clone()
+    y[..., 3] += 1.0
+    with torch.no_grad():
+        assert torch.equal(shallow(x)[..., :3], shallow(y)[..., :3])
+
+
+def test_anisotropic_deep_supervision_shapes():
+    model = small_net(3, channels=[2, 4, 8, 8], deep_supervision=True, out_channels=3, **ANISO).train()
+    outs = model(torch.randn(2, 1, 17, 16, 5))
+    assert [tuple(o.shape[2:]) for o in outs] == [(17, 16, 5), (9, 8, 5), (5, 4, 5)]
+
+
+def test_anisotropic_2d_and_config_round_trip():
+    cfg = load_config("2d", overrides=["model.channels=[4,8,16]", "model.strides=[[2,1],[2,2]]",
+                                       "model.kernel_sizes=[[3,1],[3,3],[3,3]]"]).model
+    kwargs = network_kwargs(cfg, 1, 2)
+    assert kwargs["strides"] == [[2, 1], [2, 2]]
+    model = ResidualUNet(**kwargs).eval()
+    assert model.total_stride == (4, 2)
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 13, 7)).shape == (1, 2, 13, 7)
+
+
+@pytest.mark.parametrize("bad", [{"strides": [[2, 2, 2]]}, {"strides": [[3, 2, 2]] * 3},
+                                 {"kernel_sizes": [[3, 3]] * 4}, {"kernel_sizes": [[5, 3, 3]] * 4}])
+def test_bad_strides_and_kernels_are_refused(bad):
+    with pytest.raises(ValueError, match="strides|kernel_sizes"):
+        small_net(3, channels=[2, 4, 8, 8], **bad)
+
+
+def test_isotropic_defaults_are_the_default_network():
+    a = small_net(3, channels=[2, 4, 8])
+    torch.manual_seed(0)
+    b = small_net(3, channels=[2, 4, 8], strides=[2, 2], kernel_sizes=[3, 3, 3])
+    assert [tuple(p.shape) for p in a.parameters()] == [tuple(p.shape) for p in b.parameters()]

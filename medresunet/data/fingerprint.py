@@ -41,15 +41,43 @@ def reoriented_spacing(affine: np.ndarray, orientation: str = "RAS") -> tuple[fl
     The spacing of voxel axis ``i`` is the norm of the affine's column ``i``; reorienting
     permutes the axes to the closest ``orientation`` axes (as MONAI's ``Orientation``).
     """
-    import nibabel.orientations as nio
-
     affine = np.asarray(affine, dtype=np.float64)
     cols = np.linalg.norm(affine[:3, :3], axis=0)
-    transform = nio.ornt_transform(nio.io_orientation(affine), nio.axcodes2ornt(tuple(orientation)))
     out = np.empty(3)
-    for i in range(3):
-        out[int(transform[i, 0])] = cols[i]
+    for i, j in enumerate(_axis_permutation(affine, orientation)):
+        out[j] = cols[i]
     return tuple(float(s) for s in out)
+
+
+def _axis_permutation(affine: np.ndarray, orientation: str) -> list[int]:
+    """Voxel axis ``i`` becomes axis ``perm[i]`` after reorientation to ``orientation``."""
+    import nibabel.orientations as nio
+
+    transform = nio.ornt_transform(nio.io_orientation(np.asarray(affine, np.float64)),
+                                   nio.axcodes2ornt(tuple(orientation)))
+    return [int(transform[i, 0]) for i in range(3)]
+
+
+def reoriented_shape(shape, affine: np.ndarray, orientation: str = "RAS") -> tuple[int, int, int]:
+    """Voxels along the axes after reorientation (a 2D scan is one slice thick)."""
+    shape = tuple(int(s) for s in shape) + (1,) * (3 - len(shape))
+    out = [0, 0, 0]
+    for i, j in enumerate(_axis_permutation(affine, orientation)):
+        out[j] = shape[i]
+    return tuple(out)
+
+
+def case_geometries(cases: Sequence, orientation: str = "RAS", quiet: bool = True
+                    ) -> tuple[list[tuple[float, float, float]], list[tuple[int, int, int]]]:
+    """Spacing (mm) and shape (voxels) of each case's first image, after reorientation (headers only)."""
+    from medresunet.io import read_geometry
+
+    spacings, shapes = [], []
+    for case in tqdm(cases, desc="geometry", unit="case", disable=quiet):
+        geom = read_geometry(case.images[0])
+        spacings.append(reoriented_spacing(geom.affine, orientation))
+        shapes.append(reoriented_shape(geom.shape, geom.affine, orientation))
+    return spacings, shapes
 
 
 def target_spacing_from(spacings: np.ndarray) -> tuple[float, float, float]:

@@ -58,14 +58,23 @@ def make_act(act: str) -> nn.Module:
     raise ValueError(f"act: expected one of {list(ACTIVATIONS)}, got {act!r}")
 
 
+Size = int | tuple[int, ...]
+"""One value for every spatial axis, or one per axis."""
+
+
 def make_conv(
-    spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int, stride: int, bias: bool
+    spatial_dims: int, in_channels: int, out_channels: int, kernel_size: Size, stride: Size, bias: bool
 ) -> nn.Module:
-    """A ``kernel_size``-wide convolution with "same" padding (for odd kernels)."""
+    """A ``kernel_size``-wide convolution with "same" padding (for odd kernels, per axis)."""
+    padding = kernel_size // 2 if isinstance(kernel_size, int) else tuple(k // 2 for k in kernel_size)
     return Conv[Conv.CONV, spatial_dims](
         in_channels, out_channels, kernel_size=kernel_size, stride=stride,
-        padding=kernel_size // 2, bias=bias,
+        padding=padding, bias=bias,
     )
+
+
+def _is_one(size: Size) -> bool:
+    return all(s == 1 for s in size) if isinstance(size, tuple) else size == 1
 
 
 def _sequential(*layers: nn.Module | None) -> nn.Sequential:
@@ -85,7 +94,8 @@ class ResidualBlock(nn.Module):
         spatial_dims: 2 or 3.
         in_channels: feature maps in.
         out_channels: feature maps out.
-        stride: 1, or 2 to halve the resolution (first conv and shortcut).
+        stride: 1, or 2 to halve the resolution (first conv and shortcut); or one per axis.
+        kernel_size: 3 (or 1, or one per axis: 1 along a thick axis).
         norm: ``instance``, ``batch``, ``group`` or ``none``.
         act: ``relu``, ``leakyrelu``, ``prelu`` or ``gelu``.
         dropout: probability of spatial (whole feature map) dropout between the convs.
@@ -100,21 +110,22 @@ class ResidualBlock(nn.Module):
         spatial_dims: int,
         in_channels: int,
         out_channels: int,
-        stride: int = 1,
+        stride: Size = 1,
         norm: str = "instance",
         act: str = "relu",
         dropout: float = 0.0,
         bias: bool = True,
+        kernel_size: Size = 3,
     ) -> None:
         super().__init__()
         conv_bias = bias and norm == "none"
-        self.conv1 = make_conv(spatial_dims, in_channels, out_channels, 3, stride, conv_bias)
+        self.conv1 = make_conv(spatial_dims, in_channels, out_channels, kernel_size, stride, conv_bias)
         self.norm1 = make_norm(norm, spatial_dims, out_channels) or nn.Identity()
         self.act1 = make_act(act)
         self.dropout = Dropout[Dropout.DROPOUT, spatial_dims](dropout) if dropout > 0 else nn.Identity()
-        self.conv2 = make_conv(spatial_dims, out_channels, out_channels, 3, 1, conv_bias)
+        self.conv2 = make_conv(spatial_dims, out_channels, out_channels, kernel_size, 1, conv_bias)
         self.norm2 = make_norm(norm, spatial_dims, out_channels) or nn.Identity()
-        if in_channels != out_channels or stride != 1:
+        if in_channels != out_channels or not _is_one(stride):
             self.shortcut: nn.Module = _sequential(
                 make_conv(spatial_dims, in_channels, out_channels, 1, stride, conv_bias),
                 make_norm(norm, spatial_dims, out_channels),
@@ -134,36 +145,37 @@ class ResidualBlock(nn.Module):
         return self.act2(y + residual)
 
 
-def make_downsample(downsample: str, spatial_dims: int) -> nn.Module | None:
-    """The 2x2(x2) max-pooling between encoder levels, or ``None`` for ``"conv"``.
+def make_downsample(downsample: str, spatial_dims: int, stride: Size = 2) -> nn.Module | None:
+    """The max-pooling between encoder levels (2x2(x2), or ``stride`` per axis), or ``None`` for ``"conv"``.
 
-    With ``"conv"`` the next level's first residual block downsamples itself (stride 2
+    With ``"conv"`` the next level's first residual block downsamples itself (``stride``
     in its first convolution and its projection shortcut).
     """
     if downsample == "maxpool":
-        return Pool[Pool.MAX, spatial_dims](kernel_size=2, stride=2)
+        return Pool[Pool.MAX, spatial_dims](kernel_size=stride, stride=stride)
     if downsample == "conv":
         return None
     raise ValueError(f"downsample: expected one of {list(DOWNSAMPLES)}, got {downsample!r}")
 
 
 def make_upsample(
-    upsample: str, spatial_dims: int, in_channels: int, out_channels: int, bias: bool
+    upsample: str, spatial_dims: int, in_channels: int, out_channels: int, bias: bool, stride: Size = 2
 ) -> tuple[nn.Module, int]:
-    """The x2 upsampling of the decoder and the channel count it gives.
+    """The x2 (or ``stride`` per axis) upsampling of the decoder and the channel count it gives.
 
-    ``transpose``: a kernel-2 stride-2 transposed convolution to ``out_channels``;
+    ``transpose``: a transposed convolution with kernel = stride to ``out_channels``;
     ``linear``: bilinear (2D) / trilinear (3D) interpolation, ``align_corners=False``,
     channels unchanged; ``nearest``: nearest-neighbour interpolation, channels unchanged.
     """
     if upsample == "transpose":
         layer = Conv[Conv.CONVTRANS, spatial_dims](
-            in_channels, out_channels, kernel_size=2, stride=2, bias=bias
+            in_channels, out_channels, kernel_size=stride, stride=stride, bias=bias
         )
         return layer, out_channels
+    scale = float(stride) if isinstance(stride, int) else tuple(float(s) for s in stride)
     if upsample == "linear":
         mode = "bilinear" if spatial_dims == 2 else "trilinear"
-        return nn.Upsample(scale_factor=2, mode=mode, align_corners=False), in_channels
+        return nn.Upsample(scale_factor=scale, mode=mode, align_corners=False), in_channels
     if upsample == "nearest":
-        return nn.Upsample(scale_factor=2, mode="nearest"), in_channels
+        return nn.Upsample(scale_factor=scale, mode="nearest"), in_channels
     raise ValueError(f"upsample: expected one of {list(UPSAMPLES)}, got {upsample!r}")

@@ -28,6 +28,26 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ValueError(f"ResidualUNet {name}: expected one of {list(choices)}, got {value!r}")
 
 
+def per_axis(name: str, value: Any, count: int, dims: int, default: int,
+             allowed: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    """``count`` entries of ``dims`` ints from ``allowed``: ``value`` (None: ``default`` everywhere).
+
+    An entry may be one int for every axis.
+    """
+    if value is None:
+        return ((default,) * dims,) * count
+    out = []
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) and len(value) == count:
+        for entry in value:
+            entry = (entry,) * dims if _is_int(entry) else tuple(entry) if isinstance(entry, Sequence) else ()
+            if len(entry) == dims and all(_is_int(e) and e in allowed for e in entry):
+                out.append(tuple(int(e) for e in entry))
+    if len(out) != count:
+        raise ValueError(f"ResidualUNet {name}: expected {count} entries (one per level) of {dims} values "
+                         f"from {list(allowed)} (one per axis), got {value!r}")
+    return tuple(out)
+
+
 def _validate(
     spatial_dims: Any, in_channels: Any, out_channels: Any, channels: Any, num_res_blocks: Any,
     norm: Any, act: Any, dropout: Any, upsample: Any, downsample: Any,
@@ -73,15 +93,17 @@ class ResidualUNet(nn.Module):
     """Residual U-Net, one class for 2D and 3D, built from MONAI's layer factories.
 
     Encoder level ``i`` applies ``num_res_blocks[i]`` residual blocks (the first
-    changes the channel count to ``channels[i]``); the levels are separated by a x2
-    downsampling (2x2(x2) max-pooling, or with ``downsample="conv"`` stride 2 in the
-    first convolution of the next level's first block); the last level is the
-    bottleneck. The decoder, from deep to shallow, upsamples x2, concatenates the
-    encoder's skip and applies one residual block (projection shortcut) to
-    ``channels[i]``. A 1x1 convolution gives the logits.
+    changes the channel count to ``channels[i]``); the levels are separated by a
+    downsampling of ``strides[i]`` per axis (x2 everywhere by default: max-pooling, or
+    with ``downsample="conv"`` the stride of the first convolution of the next level's
+    first block); the last level is the bottleneck. The decoder, from deep to shallow,
+    upsamples by the same strides, concatenates the encoder's skip and applies one
+    residual block (projection shortcut) to ``channels[i]``. A 1x1 convolution gives the
+    logits. The convolutions of level ``i`` are ``kernel_sizes[i]`` wide per axis (3 by
+    default; 1 along an axis whose voxels are still much thicker than the others').
 
     Any input size works: the input is zero-padded at the end of each spatial axis
-    to a multiple of :attr:`total_stride` and the output is cropped back.
+    to a multiple of :attr:`total_stride` (per axis) and the output is cropped back.
 
     Args:
         spatial_dims: 2 or 3.
@@ -100,12 +122,16 @@ class ResidualUNet(nn.Module):
         bias: bias of the convolutions that no norm layer follows (with a norm layer a
             bias is redundant and left out); the 1x1 heads always have a bias.
         deep_supervision: add 1x1 heads on the decoder levels below full resolution.
+        strides: one per downsampling (``len(channels) - 1``), each an int or one int
+            (1 or 2) per axis; None: 2 along every axis.
+        kernel_sizes: one per level (``len(channels)``), each an int or one int (1 or 3)
+            per axis; None: 3 along every axis.
 
     Shapes:
         ``forward(x)``: ``(B, in_channels, *spatial)`` -> logits
         ``(B, out_channels, *spatial)``. In training mode with ``deep_supervision`` a
-        tuple: the full-resolution logits, then ``(B, out_channels, *ceil(spatial / 2**k))``
-        for k = 1 .. len(channels) - 2.
+        tuple: the full-resolution logits, then ``(B, out_channels, *ceil(spatial / s_k))``
+        for k = 1 .. len(channels) - 2, ``s_k`` the product of the first k strides.
 
     Raises:
         ValueError: a hyper-parameter out of range, naming it with expected and got.
@@ -125,12 +151,16 @@ class ResidualUNet(nn.Module):
         downsample: str = "maxpool",
         bias: bool = True,
         deep_supervision: bool = False,
+        strides: Sequence[int | Sequence[int]] | None = None,
+        kernel_sizes: Sequence[int | Sequence[int]] | None = None,
     ) -> None:
         super().__init__()
         chans, blocks = _validate(
             spatial_dims, in_channels, out_channels, channels, num_res_blocks,
             norm, act, dropout, upsample, downsample,
         )
+        self.strides = per_axis("strides", strides, len(chans) - 1, spatial_dims, 2, (1, 2))
+        self.kernel_sizes = per_axis("kernel_sizes", kernel_sizes, len(chans), spatial_dims, 3, (1, 3))
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -139,15 +169,17 @@ class ResidualUNet(nn.Module):
         self.deep_supervision = bool(deep_supervision)
         dropout = float(dropout)
 
-        def block(c_in: int, c_out: int, stride: int = 1) -> ResidualBlock:
-            return ResidualBlock(spatial_dims, c_in, c_out, stride, norm, act, dropout, bias)
+        def block(level: int, c_in: int, c_out: int, stride: Any = 1) -> ResidualBlock:
+            kernel = self.kernel_sizes[level]
+            return ResidualBlock(spatial_dims, c_in, c_out, stride, norm, act, dropout, bias, kernel)
 
-        self.pool = make_downsample(downsample, spatial_dims)
+        pools = [make_downsample(downsample, spatial_dims, s) for s in self.strides]
+        self.pools = nn.ModuleList(p for p in pools if p is not None)  # empty with strided convs
         self.encoder = nn.ModuleList()
         prev = in_channels
         for level, (c, n) in enumerate(zip(chans, blocks, strict=True)):
-            stride = 2 if level > 0 and self.pool is None else 1
-            layers = [block(prev, c, stride)] + [block(c, c) for _ in range(n - 1)]
+            stride = self.strides[level - 1] if level > 0 and not self.pools else 1
+            layers = [block(level, prev, c, stride)] + [block(level, c, c) for _ in range(n - 1)]
             self.encoder.append(nn.Sequential(*layers))
             prev = c
 
@@ -155,9 +187,10 @@ class ResidualUNet(nn.Module):
         self.upsamples = nn.ModuleList()
         self.decoder = nn.ModuleList()
         for level in range(len(chans) - 1):
-            up, up_channels = make_upsample(upsample, spatial_dims, chans[level + 1], chans[level], bias)
+            up, up_channels = make_upsample(upsample, spatial_dims, chans[level + 1], chans[level], bias,
+                                            self.strides[level])
             self.upsamples.append(up)
-            self.decoder.append(block(up_channels + chans[level], chans[level]))
+            self.decoder.append(block(level, up_channels + chans[level], chans[level]))
 
         self.head = make_conv(spatial_dims, chans[0], out_channels, 1, 1, True)
         self.ds_heads = nn.ModuleList(
@@ -182,21 +215,25 @@ class ResidualUNet(nn.Module):
             return cl
         return torch.contiguous_format
 
+    def stride_at(self, level: int) -> tuple[int, ...]:
+        """The downsampling factor per axis of ``level`` (0: full resolution)."""
+        return tuple(math.prod(s[a] for s in self.strides[:level]) for a in range(self.spatial_dims))
+
     @property
-    def total_stride(self) -> int:
-        """The total downsampling factor, ``2 ** (len(channels) - 1)``."""
-        return 2 ** (len(self.channels) - 1)
+    def total_stride(self) -> tuple[int, ...]:
+        """The total downsampling factor per axis (``2 ** (len(channels) - 1)`` by default)."""
+        return self.stride_at(len(self.channels) - 1)
 
     def padded_shape(self, spatial: Sequence[int]) -> tuple[int, ...]:
-        """The spatial shape the input is padded to (a multiple of :attr:`total_stride`).
+        """The spatial shape the input is padded to (a multiple of :attr:`total_stride` per axis).
 
         The bottleneck gets at least two voxels, so instance and batch norm never see a
         single-voxel feature map in training (the last axis grows when needed).
         """
         stride = self.total_stride
-        shape = [max(1, math.ceil(s / stride)) * stride for s in spatial]
-        if all(s == stride for s in shape):
-            shape[-1] = 2 * stride
+        shape = [max(1, math.ceil(s / t)) * t for s, t in zip(spatial, stride, strict=True)]
+        if all(s == t for s, t in zip(shape, stride, strict=True)):
+            shape[-1] = 2 * stride[-1]
         return tuple(shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
@@ -222,15 +259,16 @@ class ResidualUNet(nn.Module):
 
         skips: list[torch.Tensor] = []
         for level, stage in enumerate(self.encoder):
-            if level > 0 and self.pool is not None:
+            if level > 0 and self.pools:
+                pool = self.pools[level - 1]
                 # CPU autocast runs max_pool3d in fp32 (a copy and a cast for nothing):
                 # max-pooling is exact in any precision, so pool in the input's dtype.
                 # (Only where autocast exists: a meta-device copy counts FLOPs.)
                 if x.device.type in ("cpu", "cuda"):
                     with torch.autocast(x.device.type, enabled=False):
-                        x = self.pool(x)
+                        x = pool(x)
                 else:
-                    x = self.pool(x)
+                    x = pool(x)
             x = stage(x)
             skips.append(x)
 
@@ -248,8 +286,8 @@ class ResidualUNet(nn.Module):
             x = self.decoder[level](joined)
             del joined
             if self.training and self.deep_supervision and level > 0:
-                outputs.append(self._crop(self.ds_heads[level - 1](x), spatial, 2**level))
-        logits = self._crop(self.head(x), spatial, 1)
+                outputs.append(self._crop(self.ds_heads[level - 1](x), spatial, self.stride_at(level)))
+        logits = self._crop(self.head(x), spatial, self.stride_at(0))
         if fmt is not torch.contiguous_format and not self.training:
             logits = logits.contiguous()  # (B, K, *spatial) is small; callers expect NC(D)HW
         if self.training and self.deep_supervision:
@@ -257,9 +295,9 @@ class ResidualUNet(nn.Module):
         return logits
 
     @staticmethod
-    def _crop(y: torch.Tensor, spatial: tuple[int, ...], factor: int) -> torch.Tensor:
-        """Crop ``y`` to ``ceil(spatial / factor)`` (a view, no copy)."""
-        want = tuple(math.ceil(s / factor) for s in spatial)
+    def _crop(y: torch.Tensor, spatial: tuple[int, ...], factor: tuple[int, ...]) -> torch.Tensor:
+        """Crop ``y`` to ``ceil(spatial / factor)`` per axis (a view, no copy)."""
+        want = tuple(math.ceil(s / f) for s, f in zip(spatial, factor, strict=True))
         if tuple(y.shape[2:]) == want:
             return y
         return y[(slice(None), slice(None), *(slice(0, w) for w in want))]
@@ -272,7 +310,7 @@ def network_kwargs(model: ModelConfig, in_channels: int, out_channels: int) -> d
     read with ``torch.load(weights_only=True)``; ``ResidualUNet(**kwargs)`` rebuilds it.
     """
     blocks = model.num_res_blocks
-    return {
+    kwargs: dict[str, Any] = {
         "spatial_dims": int(model.spatial_dims),
         "in_channels": int(in_channels),
         "out_channels": int(out_channels),
@@ -286,6 +324,12 @@ def network_kwargs(model: ModelConfig, in_channels: int, out_channels: int) -> d
         "bias": bool(model.bias),
         "deep_supervision": bool(model.deep_supervision),
     }
+    # only when set: an isotropic network's kwargs (and checkpoints) stay as they were
+    if model.strides is not None:
+        kwargs["strides"] = [[int(v) for v in s] for s in model.strides]
+    if model.kernel_sizes is not None:
+        kwargs["kernel_sizes"] = [[int(v) for v in k] for k in model.kernel_sizes]
+    return kwargs
 
 
 def build_network(model: ModelConfig, in_channels: int, out_channels: int) -> ResidualUNet:

@@ -1,0 +1,89 @@
+"""The measured probe: seconds per training step of candidate networks on the real device.
+
+A few forward + backward + AdamW steps on random patches, with the loss, precision and
+memory layout the training loop uses; the planner (:mod:`medresunet.planning`) turns the
+figures into a choice. Data loading is not included (the planner adds a margin for it,
+and a ``fit_budget`` run re-measures in the loop).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from medresunet.devices import autocast, resolve_precision
+from medresunet.networks import ResidualUNet
+from medresunet.training.loss import SegmentationLoss
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_step_seconds(model_kwargs: dict[str, Any], patch_size: Sequence[int], batch_size: int,
+                         device: torch.device, precision: str = "auto", steps: int = 3,
+                         warmup: int = 1) -> float:
+    """Median seconds of one training step of ``ResidualUNet(**model_kwargs)``.
+
+    Args:
+        model_kwargs: the network's keyword arguments (``in_channels``/``out_channels`` included).
+        patch_size: voxels per spatial axis.
+        batch_size: patches per step.
+        device: where to run.
+        precision: ``auto``/``fp32``/``bf16``/``fp16``, resolved as the training loop does.
+        steps: timed steps (the median is returned).
+        warmup: untimed steps first (allocator, oneDNN / cuDNN kernel choice).
+    """
+    precision = resolve_precision(precision, device)
+    dims = int(model_kwargs["spatial_dims"])
+    fmt = torch.channels_last_3d if dims == 3 else torch.channels_last
+    model = ResidualUNet(**model_kwargs).to(device).to(memory_format=fmt).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    loss_fn = SegmentationLoss()
+    gen = torch.Generator().manual_seed(0)
+    shape = (batch_size, model_kwargs["in_channels"], *patch_size)
+    image = torch.randn(shape, generator=gen).to(device).contiguous(memory_format=fmt)
+    label = torch.randint(0, model_kwargs["out_channels"], (batch_size, 1, *patch_size), generator=gen).to(device)
+    times = []
+    for i in range(warmup + steps):
+        _sync(device)
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, precision):
+            logits = model(image)
+        loss_fn(logits, label).backward()
+        optimizer.step()
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    del model, optimizer, image, label
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return float(statistics.median(times))
+
+
+def probe_candidates(measure: Callable[[int], float], n_candidates: int, enough: Callable[[float], bool],
+                     max_seconds: float) -> dict[int, float]:
+    """Measure candidates from the smallest up until one trains too few steps or time runs out.
+
+    Args:
+        measure: candidate index -> seconds per step.
+        n_candidates: how many there are (ascending cost).
+        enough: whether a step time still trains enough steps in the budget.
+        max_seconds: wall-clock cap of the whole probe (s); the smallest is always measured.
+
+    Returns:
+        Index -> measured seconds per step.
+    """
+    start = time.monotonic()
+    measured: dict[int, float] = {}
+    for i in range(n_candidates):
+        measured[i] = measure(i)
+        if not enough(measured[i]) or time.monotonic() - start > max_seconds:
+            break
+    return measured
