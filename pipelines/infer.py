@@ -34,7 +34,9 @@ log = logging.getLogger(PROG)
 def _parser() -> argparse.ArgumentParser:
     p = make_parser(PROG, "Segment scans (NIfTI files and/or DICOM series folders) with a trained "
                           "checkpoint; one OUTPUT/<id>.nii.gz per scan, in the scan's geometry.")
-    p.add_argument("--model", required=True, type=Path, help="checkpoint (.pt) written by medresunet-train")
+    p.add_argument("--model", required=True, type=Path, action="append",
+                   help="checkpoint (.pt) written by medresunet-train, or a run folder trained with --fold "
+                        "(its folds' ensemble and postprocessing.json); repeat to ensemble checkpoints")
     p.add_argument("--input", required=True, type=Path,
                    help="a scan file, a DICOM series folder, or a folder of scans")
     p.add_argument("--output", required=True, type=Path, help="output folder")
@@ -53,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="keep only the largest connected component of each label")
     p.add_argument("--min-component-ml", type=float, default=None,
                    help="remove connected components smaller than this volume (mL)")
+    p.add_argument("--no-postprocessing", action="store_true",
+                   help="with --model RUN: do not apply RUN/postprocessing.json (chosen by cross-validation)")
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write OUTPUT/probabilities/<id>.nii.gz (float, one volume per class)")
     p.add_argument("--series-uid", default=None,
@@ -167,7 +171,7 @@ def _run_rank(args: argparse.Namespace, dist: Any, device: Any) -> int:  # noqa:
 
     from tqdm.auto import tqdm
 
-    from medresunet.inference.predictor import Predictor
+    from medresunet.inference.ensemble import open_models
     from medresunet.io import discover_scans, write_probabilities, write_segmentation
     from medresunet.runinfo import environment_info, write_run_json
 
@@ -189,10 +193,11 @@ def _run_rank(args: argparse.Namespace, dist: Any, device: Any) -> int:  # noqa:
     if shard_count > 1:
         log.info("shard %d of %d (0-based): %d of %d scan(s)", shard_index, shard_count, len(scans),
                  len(all_scans))
-    predictor = Predictor.from_file(args.model, device=device, overlap=args.overlap,
-                                    sw_batch_size=args.sw_batch_size, tta=args.tta, precision=args.precision,
-                                    stitch_device=args.stitch_device, largest_component=args.largest_component,
-                                    min_component_ml=args.min_component_ml)
+    predictor, model_info = open_models(
+        args.model, postprocessing=not args.no_postprocessing, device=device, overlap=args.overlap,
+        sw_batch_size=args.sw_batch_size, tta=args.tta, precision=args.precision,
+        stitch_device=args.stitch_device, largest_component=args.largest_component,
+        min_component_ml=args.min_component_ml)
     args.output.mkdir(parents=True, exist_ok=True)
     log.info("%d scan(s); device %s, precision %s, overlap %.2f, tta %s", len(scans), predictor.device,
              predictor.precision, predictor.overlap, predictor.tta)
@@ -256,7 +261,8 @@ def _run_rank(args: argparse.Namespace, dist: Any, device: Any) -> int:  # noqa:
                   "n_scans_total": len(all_scans)}
     def run_record(**extra: Any) -> dict[str, Any]:
         return {"command": PROG, "environment": environment_info(predictor.device),
-                "checkpoint": str(args.model), "input": str(args.input), "output": str(args.output),
+                "checkpoint": model_info["members"][0] if len(model_info["members"]) == 1 else None,
+                **model_info, "input": str(args.input), "output": str(args.output),
                 "settings": settings, **extra, "labels": predictor.labels,
                 "cases": sorted(records, key=lambda r: r["case_id"]),
                 "failures": [list(f) for f in failures], "seconds": round(time.time() - started, 2)}

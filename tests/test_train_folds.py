@@ -78,3 +78,25 @@ def test_fold_arguments():
         parse_fold("3", 3)
     # the call's budget: each fold gets an equal share of what is left when it starts
     assert share_minutes(9.0, 3) == 3.0 and share_minutes(7.0, 2) == 3.5 and share_minutes(None, 3) is None
+
+
+def test_infer_with_the_run_ensemble(folds_run, tmp_path):
+    from pipelines.infer import main as infer
+
+    manifest, run = folds_run
+    scan = manifest.parent / "c0.nii.gz"
+    assert infer(["--model", str(run), "--input", str(scan), "--output", str(tmp_path / "ens"),
+                  "--quiet", "--device", "cpu"]) == 0
+    record = json.loads((tmp_path / "ens" / "run.json").read_text())
+    assert record["members"] == [str(run / f"fold_{k}" / "last.pt") for k in range(3)]
+    post = json.loads((run / "postprocessing.json").read_text())
+    assert record["postprocessing"]["source"] == str(run / "postprocessing.json")
+    assert record["postprocessing"]["rules"] == {str(d["value"]): d["rule"] for d in post["labels"].values()}
+    assert (tmp_path / "ens" / "c0.nii.gz").is_file()
+    assert infer(["--model", str(run), "--no-postprocessing", "--input", str(scan), "--output",
+                  str(tmp_path / "plain"), "--quiet", "--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "plain" / "run.json").read_text())["postprocessing"] is None
+    two = [str(run / "fold_0" / "last.pt"), str(run / "fold_2" / "last.pt")]
+    assert infer(["--model", two[0], "--model", two[1], "--input", str(scan), "--output",
+                  str(tmp_path / "two"), "--quiet", "--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["members"] == two

@@ -158,3 +158,42 @@ def run_members(run_dir: PathLike, checkpoint: str = "last.pt") -> list[Path]:
         raise CheckpointError(f"{run}: no fold_K/{checkpoint} in this run folder; expected the "
                               "folds of medresunet-train --fold (or give a checkpoint file)")
     return members
+
+
+def open_models(models: Sequence[PathLike], postprocessing: bool = True, **kwargs: Any
+                ) -> tuple[Predictor, dict[str, Any]]:
+    """A Predictor for ``medresunet-infer --model``: one checkpoint, a run folder, or several.
+
+    Args:
+        models: checkpoint files and/or run folders (a run folder stands for its folds'
+            ``fold_K/last.pt``). One checkpoint file gives a plain :class:`Predictor`.
+        postprocessing: apply a single run folder's ``postprocessing.json`` (if it has one)
+            unless ``largest_component`` / ``min_component_ml`` are given in ``kwargs``.
+        **kwargs: the :class:`Predictor` settings.
+
+    Returns:
+        ``(predictor, info)``: info is ``{"members": [checkpoint paths], "postprocessing":
+        {"source", "rules": {label value: {...}}} or None}`` for ``run.json``.
+
+    Raises:
+        CheckpointError: a checkpoint is unreadable, a run folder has no folds, or the members
+            disagree. UsageError: an unreadable ``postprocessing.json``.
+    """
+    from medresunet.crossval.postprocessing import read_rules
+
+    paths = [Path(m) for m in models]
+    members = [p for m in paths for p in (run_members(m) if m.is_dir() else [m])]
+    explicit = bool(kwargs.get("largest_component")) or bool(kwargs.get("min_component_ml"))
+    rules_file = paths[0] / "postprocessing.json" if len(paths) == 1 and paths[0].is_dir() else None
+    rules = None
+    if postprocessing and not explicit and rules_file is not None and rules_file.is_file():
+        rules = read_rules(rules_file)
+    info: dict[str, Any] = {"members": [str(p) for p in members], "postprocessing": None}
+    if rules:
+        kwargs = {**kwargs, "largest_component": False, "min_component_ml": 0.0}  # the rules instead
+        info["postprocessing"] = {"source": str(rules_file), "rules": {
+            str(v): {"largest_component": r.largest_component, "min_component_ml": r.min_component_ml}
+            for v, r in sorted(rules.items())}}
+    if len(members) == 1 and not rules:
+        return Predictor.from_file(members[0], **kwargs), info
+    return Ensemble.from_files(members, rules=rules, **kwargs), info
