@@ -12,6 +12,7 @@ dataclass default applies); an unknown key or a value of the wrong type is a
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -103,6 +104,19 @@ class AugmentConfig:
     noise_prob: float = 0.15
     noise_std: float = 0.1
 
+    def __post_init__(self) -> None:
+        for name in ("flip_prob", "rotate_prob", "scale_prob", "intensity_prob", "gamma_prob", "noise_prob"):
+            _check_range(f"data.augment.{name}", getattr(self, name), 0.0, 1.0, "a probability in [0, 1]")
+        _check_range("data.augment.rotate_deg", self.rotate_deg, 0.0, 180.0, "degrees in [0, 180]")
+        _check_range("data.augment.scale_range", self.scale_range, 0.0, 0.99,
+                     "a zoom fraction in [0, 0.99] (zoom 1 - range .. 1 + range)")
+        for name in ("intensity_scale", "intensity_shift", "noise_std"):
+            _check_range(f"data.augment.{name}", getattr(self, name), 0.0, math.inf, "a finite value >= 0")
+        lo, hi = self.gamma_range
+        if not (0.0 < lo <= hi and math.isfinite(hi)):
+            raise ConfigError(f"data.augment.gamma_range: expected [low, high] with 0 < low <= high, "
+                              f"got {[lo, hi]}")
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -133,7 +147,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check_choice("data.normalization", self.normalization, NORMALIZATIONS)
         _check_choice("data.cache", self.cache, CACHES)
-        if self.target_spacing is not None and any(s <= 0 for s in self.target_spacing):
+        _check_orientation("data.orientation", self.orientation)
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers: expected >= 0, got {self.num_workers}")
+        if self.target_spacing is not None and not all(0 < s < math.inf for s in self.target_spacing):
             raise ConfigError(f"data.target_spacing: expected positive mm values, got {list(self.target_spacing)}")
         if len(self.patch_size) not in (2, 3) or any(p < 1 for p in self.patch_size):
             raise ConfigError(f"data.patch_size: expected 2 or 3 positive voxel counts, got {list(self.patch_size)}")
@@ -188,8 +205,13 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}: expected >= 1, got {getattr(self, name)}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ConfigError(f"train.steps_per_epoch: expected >= 1 or null, got {self.steps_per_epoch}")
-        if self.lr <= 0:
+        if not 0 < self.lr < math.inf:
             raise ConfigError(f"train.lr: expected > 0, got {self.lr}")
+        for name in ("weight_decay", "grad_clip"):
+            _check_range(f"train.{name}", getattr(self, name), 0.0, math.inf,
+                         "a finite value >= 0" + (" (0: no clipping)" if name == "grad_clip" else ""))
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"train.warmup_epochs: expected >= 0, got {self.warmup_epochs}")
         if not 0 <= self.fold < self.folds:
             raise ConfigError(f"train.fold: expected 0 <= fold < folds={self.folds}, got {self.fold}")
         if not 0.0 <= self.val_overlap < 1.0:
@@ -254,6 +276,22 @@ def _check_per_axis(key: str, value: Any, levels: int, dims: int, allowed: tuple
     if not ok:
         raise ConfigError(f"{key}: expected {levels} entries of {dims} values from {list(allowed)} "
                           f"(one per level, one per axis), got {[list(v) for v in value]}")
+
+
+def _check_range(key: str, value: float, low: float, high: float, expected: str) -> None:
+    if not low <= value <= high or math.isnan(value):
+        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+
+
+_AXIS_PAIRS = ("LR", "PA", "IS")
+
+
+def _check_orientation(key: str, value: str) -> None:
+    """Axis codes as MONAI's ``Orientationd`` takes them: one capital letter of L/R, P/A, I/S each."""
+    pairs = sorted(next((i for i, p in enumerate(_AXIS_PAIRS) if c in p), -1) for c in value)
+    if len(value) != 3 or pairs != [0, 1, 2]:
+        raise ConfigError(f"{key}: expected three axis codes, one of L/R, one of P/A and one of I/S "
+                          f"in capitals (e.g. 'RAS', 'LPS'), got {value!r}")
 
 
 def _type_name(tp: Any) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 
 from medresunet.config import (
@@ -112,3 +114,74 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 def test_empty_file_gives_defaults(tmp_path):
     assert load_config(_write(tmp_path, "")) == Config()
+
+
+# every key of every section with a value that must be refused when the file is read
+BAD_VALUES = {
+    "model.spatial_dims": 4, "model.channels": [8], "model.num_res_blocks": 0, "model.norm": "layer",
+    "model.act": "tanh", "model.dropout": 1.0, "model.upsample": "cubic", "model.downsample": "avg",
+    "model.bias": "yes", "model.deep_supervision": 1, "model.strides": [[2, 2, 3]] * 4,
+    "model.kernel_sizes": [[3, 3, 5]] * 5,
+    "data.target_spacing": [1.0, 0.0, 1.0], "data.orientation": "RAX", "data.normalization": "minmax",
+    "data.ct_window": [100, -100], "data.clip_percentiles": [99, 1], "data.crop_foreground": "no",
+    "data.patch_size": [32, 0, 32], "data.samples_per_volume": 0, "data.pos_fraction": 1.5,
+    "data.cache": "ram", "data.cache_dir": 3, "data.num_workers": -1, "data.augment": [1],
+    "data.augment.enabled": 2, "data.augment.flip_prob": 1.5, "data.augment.rotate_prob": -0.1,
+    "data.augment.rotate_deg": 400.0, "data.augment.scale_prob": 2, "data.augment.scale_range": 1.5,
+    "data.augment.intensity_prob": -1, "data.augment.intensity_scale": -0.1,
+    "data.augment.intensity_shift": -0.2, "data.augment.gamma_prob": 7, "data.augment.gamma_range": [0.0, 1.5],
+    "data.augment.noise_prob": 1.01, "data.augment.noise_std": -0.5,
+    "train.epochs": 0, "train.steps_per_epoch": 0, "train.batch_size": 0, "train.lr": -1.0,
+    "train.weight_decay": -1e-5, "train.warmup_epochs": -1, "train.schedule": "step",
+    "train.precision": "fp8", "train.channels_last": "on", "train.grad_clip": -1.0, "train.val_interval": 0,
+    "train.val_overlap": 1.0, "train.val_mode": "sometimes", "train.fit_budget": "yes", "train.seed": 1.5, "train.folds": 0, "train.fold": 7,
+    "infer.overlap": -0.5, "infer.sw_batch_size": 0, "infer.tta": "no", "infer.precision": "int4",
+    "infer.largest_component": "yes", "infer.min_component_ml": -1.0,
+}
+
+
+def _all_keys(cls=Config, prefix=""):
+    import dataclasses
+
+    keys = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            keys += [key] if prefix else []
+            keys += _all_keys(tp, f"{key}.")
+        elif prefix:
+            keys.append(key)
+    return keys
+
+
+def test_every_key_has_a_refused_value():
+    assert sorted(_all_keys()) == sorted(BAD_VALUES)
+
+
+@pytest.mark.parametrize("key", sorted(BAD_VALUES))
+def test_every_key_validated_when_read(tmp_path, key):
+    """The message names the file, the key, what was expected and what was found."""
+    import yaml
+
+    raw: dict = {}
+    node = raw
+    *sections, name = key.split(".")
+    for part in sections:
+        node = node.setdefault(part, {})
+    node[name] = BAD_VALUES[key]
+    path = _write(tmp_path, yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    msg = str(info.value)
+    assert str(path) in msg and key in msg and "expected" in msg, msg
+    found = BAD_VALUES[key]
+    assert any(repr(v) in msg or str(v) in msg for v in (found, *(found if isinstance(found, list) else ()))), msg
+
+
+def test_orientation_codes():
+    for good in ("RAS", "LPS", "PIL", "SAR"):
+        assert config_from_dict({"data": {"orientation": good}}).data.orientation == good
+    for bad in ("RAR", "ras", "RA", "RASS", "XYZ"):
+        with pytest.raises(ConfigError, match="data.orientation"):
+            config_from_dict({"data": {"orientation": bad}})
