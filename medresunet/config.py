@@ -253,11 +253,17 @@ class Config:
     infer: InferConfig = field(default_factory=InferConfig)
 
     def __post_init__(self) -> None:
+        from medresunet.networks.stride import default_strides, patch_size_problem, total_stride
+
         want = self.model.spatial_dims
         if len(self.data.patch_size) != want:
             raise ConfigError(
                 f"data.patch_size: a {want}D model needs {want} patch sizes, got {list(self.data.patch_size)}"
             )
+        strides = self.model.strides or default_strides(len(self.model.channels) - 1, want)
+        problem = patch_size_problem(self.data.patch_size, total_stride(strides, want))
+        if problem:
+            raise ConfigError(f"data.patch_size: {problem}")
 
 
 # --------------------------------------------------------------------------- parsing

@@ -94,6 +94,47 @@ def test_padding_does_not_change_the_unpadded_region():
     assert model.padded_shape((9, 8, 3)) == (12, 8, 4)
 
 
+def test_padding_takes_the_background_value():
+    """Padding remains for an odd input: it takes each channel's background (its minimum), not 0."""
+    model = small_net(3, in_channels=2, norm="none").eval()
+    torch.manual_seed(3)
+    x = torch.randn(2, 2, 9, 8, 7)
+    x[:, 0] -= 4.0  # a z-scored background lies far below 0 (mean tissue)
+    x[1, 1] += 6.0
+    with torch.no_grad():
+        out = model(x)
+        bg = x.amin(dim=(2, 3, 4), keepdim=True)
+        padded = bg.expand(2, 2, *model.padded_shape((9, 8, 7))).clone()
+        padded[:, :, :9, :8, :7] = x
+        want = model(padded)[:, :, :9, :8, :7]
+        zeros = model(torch.nn.functional.pad(x, [0, 1, 0, 0, 0, 3]))[:, :, :9, :8, :7]
+    torch.testing.assert_close(out, want)
+    assert not torch.allclose(out, zeros, atol=1e-4)
+
+
+def test_stride_is_one_function_and_patches_must_fit(tmp_path):
+    from medresunet.config import load_config
+    from medresunet.errors import ConfigError
+    from medresunet.networks.stride import total_stride
+
+    assert total_stride([(2, 2, 2)] * 4, 3) == (16, 16, 16) and total_stride([(2, 1), (2, 2)], 2) == (4, 2)
+    model = small_net(3, channels=[2, 4, 8, 8], strides=[2, 2, (2, 2, 1)])
+    assert model.total_stride == total_stride(model.strides, 3) == (8, 8, 4)
+    (tmp_path / "c.yaml").write_text("data:\n  patch_size: [96, 96, 40]\n")  # 3d preset: stride 16
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "c.yaml")
+    msg = str(err.value)
+    assert str(tmp_path / "c.yaml") in msg and "data.patch_size" in msg and "[16, 16, 16]" in msg
+    assert "[96, 96, 40]" in msg and "[96, 96, 48]" in msg
+    assert load_config("3d", ["model.channels=[4,8,16]", "data.patch_size=[20,24,8]"]).data.patch_size == (20, 24, 8)
+    with pytest.raises(ConfigError, match="data.patch_size"):
+        load_config("2d", ["data.patch_size=[100,100]"])
+    anisotropic = ["model.channels=[4,8,16]", "model.strides=[[2,2,1],[2,2,1]]"]
+    assert load_config("3d", [*anisotropic, "data.patch_size=[32,32,5]"]).data.patch_size == (32, 32, 5)
+    with pytest.raises(ConfigError, match=r"\[4, 4, 1\]"):
+        load_config("3d", [*anisotropic, "data.patch_size=[30,32,5]"])
+
+
 def test_deep_supervision_shapes():
     model = small_net(3, channels=[2, 4, 8, 8], deep_supervision=True, out_channels=3)
     x = torch.randn(2, 1, 17, 16, 9)

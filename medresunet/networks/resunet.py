@@ -17,6 +17,7 @@ from torch import nn
 
 from medresunet.config import ACTIVATIONS, DOWNSAMPLES, NORMS, UPSAMPLES, ModelConfig
 from medresunet.networks.blocks import ResidualBlock, make_conv, make_downsample, make_upsample
+from medresunet.networks.stride import total_stride
 
 
 def _is_int(value: Any) -> bool:
@@ -102,8 +103,11 @@ class ResidualUNet(nn.Module):
     logits. The convolutions of level ``i`` are ``kernel_sizes[i]`` wide per axis (3 by
     default; 1 along an axis whose voxels are still much thicker than the others').
 
-    Any input size works: the input is zero-padded at the end of each spatial axis
-    to a multiple of :attr:`total_stride` (per axis) and the output is cropped back.
+    Any input size works: the input is padded at the end of each spatial axis to a
+    multiple of :attr:`total_stride` (per axis) and the output is cropped back. The
+    padding takes each sample's and channel's lowest value, the normalised background
+    (after a CT window exactly the value of air; after a z-score, 0 would be mean
+    tissue). Configs are checked so that training patches need no padding.
 
     Args:
         spatial_dims: 2 or 3.
@@ -217,7 +221,7 @@ class ResidualUNet(nn.Module):
 
     def stride_at(self, level: int) -> tuple[int, ...]:
         """The downsampling factor per axis of ``level`` (0: full resolution)."""
-        return tuple(math.prod(s[a] for s in self.strides[:level]) for a in range(self.spatial_dims))
+        return total_stride(self.strides[:level], self.spatial_dims)
 
     @property
     def total_stride(self) -> tuple[int, ...]:
@@ -236,6 +240,22 @@ class ResidualUNet(nn.Module):
             shape[-1] = 2 * stride[-1]
         return tuple(shape)
 
+    @staticmethod
+    def _pad(x: torch.Tensor, target: tuple[int, ...]) -> torch.Tensor:
+        """Pad ``x`` at the end of each spatial axis to ``target`` with its background.
+
+        The background is each sample's and channel's minimum: what "no object" is after
+        normalisation (0 would be mean tissue after a z-score).
+        """
+        pad: list[int] = []
+        for s, t in zip(reversed(x.shape[2:]), reversed(target), strict=True):
+            pad += [0, t - s]
+        background = x.detach().amin(dim=tuple(range(2, x.ndim)), keepdim=True)
+        out = F.pad(x, pad)
+        outside = torch.ones_like(out[:1, :1], dtype=torch.bool)
+        outside[(slice(None), slice(None), *(slice(0, s) for s in x.shape[2:]))] = False
+        return torch.where(outside, background.to(out.dtype), out)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Logits ``(B, out_channels, *spatial)`` of ``x`` ``(B, in_channels, *spatial)``.
 
@@ -249,10 +269,7 @@ class ResidualUNet(nn.Module):
         spatial = tuple(x.shape[2:])
         target = self.padded_shape(spatial)
         if target != spatial:
-            pad: list[int] = []
-            for s, t in zip(reversed(spatial), reversed(target), strict=True):
-                pad += [0, t - s]
-            x = F.pad(x, pad)
+            x = self._pad(x, target)
         fmt = self.memory_format
         if fmt is not torch.contiguous_format:
             x = x.contiguous(memory_format=fmt)

@@ -13,6 +13,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from medresunet.networks.stride import total_stride
+
 MIN_EXTENT = 8             # voxels a pooled axis keeps at least
 SPACING_RATIO = 2.0        # pool / convolve an axis once its spacing is within 2x the finest
 MAX_LEVELS = {2: 7, 3: 6}  # resolution levels at most (nnU-Net: 6 in 3D)
@@ -40,7 +42,7 @@ class Topology:
     @property
     def total_stride(self) -> tuple[int, ...]:
         """The product of the strides, per axis."""
-        return tuple(math.prod(s[a] for s in self.strides) for a in range(len(self.patch_size)))
+        return total_stride(self.strides, len(self.patch_size))
 
 
 def topology_for(patch: Sequence[int], spacing: Sequence[float], max_levels: int | None = None) -> Topology:
@@ -68,7 +70,7 @@ def topology_for(patch: Sequence[int], spacing: Sequence[float], max_levels: int
             if pool[a]:
                 extent[a] //= 2
                 space[a] *= 2
-    total = [math.prod(s[a] for s in strides) for a in range(dims)]
+    total = total_stride(strides, dims)
     rounded = tuple(max(t, math.ceil(int(p) / t) * t) for p, t in zip(patch, total, strict=True))
     return Topology(rounded, tuple(strides), tuple(kernels))
 
