@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--fold", metavar="K|all",
                         help="cross-validation: train fold K (0-based, of train.folds) or all folds into "
                              "RUN/fold_K/, then the out-of-fold CV report (pipelines/train_folds.py)")
+    parser.add_argument("--oof-probabilities", action="store_true",
+                        help="with --fold: also keep the out-of-fold class probabilities in "
+                             "RUN/cv/probabilities/ (float32; lets medresunet-select judge ensembles of runs)")
     return parser
 
 

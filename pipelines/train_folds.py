@@ -123,7 +123,8 @@ def run_folds(args: argparse.Namespace, dist: Any, device: Any,
                     "no budget" if fold_args.max_minutes is None else f"{fold_args.max_minutes:.2f} min")
         train_one(fold_args, dist, device)
         if dist.is_main:
-            record = cv.predict_out_of_fold(run_dir, k, per_fold[k], device, quiet=args.quiet)
+            record = cv.predict_out_of_fold(run_dir, k, per_fold[k], device, quiet=args.quiet,
+                                            probabilities=bool(getattr(args, "oof_probabilities", False)))
             logger.info("fold %d: %d out-of-fold prediction(s) in %s", k, len(record["cases"]),
                         run_dir / "cv" / "predictions")
         distributed.barrier(dist)

@@ -134,3 +134,49 @@ def test_missing_fold_named_in_summary(tmp_path):
     summary = write_cv_report(run, refs, LABELS)
     assert "--resume --fold 1" in summary["missing_folds"][0]["reason"]
     assert write_postprocessing(run, refs, LABELS)["missing_folds"][0]["fold"] == 1
+
+
+def _selectable_run(tmp_path, name, ids, fp_slice, mean_dice, complete=True):
+    """A run whose out-of-fold probabilities call the organ right plus a false island."""
+    from medresunet.io import write_probabilities
+    from medresunet.io.geometry import Geometry
+
+    run = tmp_path / name
+    write_folds(run, 2, {0: ids[:1], 1: ids[1:]})
+    affine = make_affine("ras", (1.0, 1.0, 1.0))
+    for cid in ids:
+        ref = np.zeros(SHAPE, np.uint8)
+        ref[ellipsoid(SHAPE, (14, 13, 12), (6, 6, 5))] = 1
+        p1 = np.where(ref == 1, 0.7, 0.2).astype(np.float32)
+        p1[fp_slice] = 0.6
+        write_probabilities(np.stack([1 - p1, p1]), Geometry(SHAPE, affine, "nifti"),
+                            run / "cv" / "probabilities" / f"{cid}.nii.gz")
+    missing = [] if complete else [{"fold": 1, "reason": "fold_1 is not trained", "cases": ids[1:]}]
+    summary = {"complete": complete, "missing_folds": missing, "mean_dice": mean_dice,
+               "per_label": {"organ": {"dice_mean": mean_dice}}}
+    (run / "cv" / "summary.json").write_text(json.dumps(summary))
+    return run, affine
+
+
+def test_select_prefers_the_better_run_and_judges_ensembles(tmp_path):
+    from medresunet.crossval.select import select_runs
+
+    ids = ["a", "b"]
+    run_a, affine = _selectable_run(tmp_path, "A", ids, np.s_[1:4, 1:4, 1:4], 0.8)
+    run_b, _ = _selectable_run(tmp_path, "B", ids, np.s_[27:30, 26:29, 1:4], 0.7)
+    run_c, _ = _selectable_run(tmp_path, "C", ids, np.s_[1:2, 1:2, 1:2], 0.95, complete=False)
+    refs = {}
+    for cid in ids:
+        ref = np.zeros(SHAPE, np.uint8)
+        ref[ellipsoid(SHAPE, (14, 13, 12), (6, 6, 5))] = 1
+        (tmp_path / "ref").mkdir(exist_ok=True)
+        refs[cid] = write_nifti(tmp_path / "ref" / f"{cid}.nii.gz", ref, affine, dtype=np.uint8)
+    labels = {"background": 0, "organ": 1}
+    alone = select_runs([run_a, run_b, run_c])
+    assert alone["chosen"]["runs"] == [str(run_a)]  # C scores higher but misses a fold
+    c = next(x for x in alone["candidates"] if x["runs"] == [str(run_c)])
+    assert not c["eligible"] and "fold 1" in c["reason"]
+    doc = select_runs([run_a, run_b, run_c], refs, labels)
+    # each run's island is outvoted by the other's probabilities: the ensemble is exact
+    assert doc["chosen"]["runs"] == [str(run_a), str(run_b)] and doc["chosen"]["kind"] == "ensemble"
+    assert doc["chosen"]["mean_dice"] == pytest.approx(1.0)

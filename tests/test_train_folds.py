@@ -100,3 +100,16 @@ def test_infer_with_the_run_ensemble(folds_run, tmp_path):
     assert infer(["--model", two[0], "--model", two[1], "--input", str(scan), "--output",
                   str(tmp_path / "two"), "--quiet", "--device", "cpu"]) == 0
     assert json.loads((tmp_path / "two" / "run.json").read_text())["members"] == two
+
+
+def test_select_cli(folds_run, tmp_path, capsys):
+    from pipelines.select import main as select
+
+    _, run = folds_run
+    out = tmp_path / "selection.json"
+    assert select([str(run), "--output", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    summary = json.loads((run / "cv" / "summary.json").read_text())
+    assert doc["chosen"]["runs"] == [str(run)] and doc["chosen"]["mean_dice"] == summary["mean_dice"]
+    assert "use: " in capsys.readouterr().out
+    assert select([str(tmp_path / "nothing"), "--output", str(out)]) == 2  # no CV summary: usage error

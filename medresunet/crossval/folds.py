@@ -22,6 +22,7 @@ from medresunet.crossval.layout import (
     MEMBER_CHECKPOINT,
     fold_dir,
     predictions_dir,
+    probabilities_dir,
     read_folds,
     write_folds,
     write_oof_record,
@@ -156,10 +157,12 @@ def record_folds(run_dir: PathLike, folds: dict[int, list[Case]]) -> Path:
 
 
 def predict_out_of_fold(run_dir: PathLike, fold: int, cases: Sequence[Case], device: Any,
-                        quiet: bool = True) -> dict[str, Any]:
+                        quiet: bool = True, probabilities: bool = False) -> dict[str, Any]:
     """Predict a fold's validation cases whole, on their own grids, into ``RUN/cv/predictions/``
     with the fold's ``last.pt`` (no postprocessing: that is decided from these), then write
-    ``RUN/fold_K/oof.json``.
+    ``RUN/fold_K/oof.json``. With ``probabilities`` also the class probabilities on the scan's
+    grid into ``RUN/cv/probabilities/`` (float32, ``K`` x the scan: what ``medresunet-select``
+    averages to judge an ensemble of configurations).
 
     Returns:
         The ``oof.json`` record: ``{"fold", "checkpoint", "cases": {id: path}, "failures"}``.
@@ -167,7 +170,7 @@ def predict_out_of_fold(run_dir: PathLike, fold: int, cases: Sequence[Case], dev
     from tqdm.auto import tqdm
 
     from medresunet.inference.predictor import Predictor
-    from medresunet.io import write_segmentation
+    from medresunet.io import write_probabilities, write_segmentation
 
     ckpt = fold_dir(run_dir, fold) / MEMBER_CHECKPOINT
     predictor = Predictor.from_file(ckpt, device=device, largest_component=False, min_component_ml=0.0)
@@ -176,7 +179,10 @@ def predict_out_of_fold(run_dir: PathLike, fold: int, cases: Sequence[Case], dev
     failures: list[list[str]] = []
     for case in tqdm(cases, desc=f"fold {fold}: out-of-fold", unit="case", disable=quiet):
         try:
-            result = predictor.predict_loaded(predictor.load(list(case.images)))
+            result = predictor.predict_loaded(predictor.load(list(case.images)), probabilities)
+            if probabilities:
+                write_probabilities(result.probabilities, result.geometry,
+                                    probabilities_dir(run_dir) / f"{case.case_id}.nii.gz")
             written[case.case_id] = str(write_segmentation(result.labels, result.geometry,
                                                            out_dir / f"{case.case_id}.nii.gz"))
         except Exception as err:  # noqa: BLE001 - the CV report names the case; the others go on

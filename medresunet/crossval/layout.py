@@ -42,6 +42,11 @@ def predictions_dir(run_dir: PathLike) -> Path:
     return cv_dir(run_dir) / "predictions"
 
 
+def probabilities_dir(run_dir: PathLike) -> Path:
+    """``RUN/cv/probabilities``: out-of-fold class probabilities (``--oof-probabilities``)."""
+    return cv_dir(run_dir) / "probabilities"
+
+
 def oof_record_path(run_dir: PathLike, fold: int) -> Path:
     """``RUN/fold_K/oof.json``: written once the fold's validation cases are predicted."""
     return fold_dir(run_dir, fold) / "oof.json"
