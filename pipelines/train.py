@@ -113,14 +113,9 @@ def _run(args: argparse.Namespace) -> int:
         return _run_rank(args, dist, device)
 
 
-def _run_rank(args: argparse.Namespace, dist: Any, device: Any) -> int:  # noqa: C901 - one linear workflow
-    import yaml
-
-    from medresunet.config import config_to_dict
-    from medresunet.data.checks import check_cases
-    from medresunet.errors import ManifestError, UsageError
-    from medresunet.manifest import load_manifest, split_cases
-    from medresunet.runinfo import environment_info, write_run_json
+def _run_rank(args: argparse.Namespace, dist: Any, device: Any) -> int:
+    from medresunet.manifest import load_manifest
+    from medresunet.runinfo import write_run_json
 
     started = _dt.datetime.now(_dt.timezone.utc)
     t0 = time.monotonic()
@@ -129,75 +124,71 @@ def _run_rank(args: argparse.Namespace, dist: Any, device: Any) -> int:  # noqa:
     config, ckpt = _resolve_config(args, run_dir)
     distributed.barrier(dist)  # every rank has checked --output before rank 0 writes into it
 
+    from medresunet.training.prepare import prepare_training
+
     manifest = getattr(args, "cv_manifest", None) or load_manifest(args.manifest)  # a fold: the CV's
-    tc = config.train
-    train_cases, val_cases = split_cases(manifest, tc.fold, tc.folds, tc.seed)
-    if not train_cases:
-        raise ManifestError(f"manifest {manifest.path}: no labelled training cases")
-    if dist.world_size > len(train_cases):
-        raise UsageError(f"{dist.world_size} ranks but only {len(train_cases)} training case(s) in "
-                         f"{manifest.path}: start at most {len(train_cases)} processes")
-    if dist.is_main:  # the others wait for its verdict (and stop with it: torchrun ends the job)
-        check_cases([*train_cases, *val_cases], manifest.labels, len(manifest.channels),
-                    progress=not args.quiet)
-    distributed.barrier(dist)
-    logger.info("%d training and %d validation cases from %s; device %s", len(train_cases),
-                len(val_cases), manifest.path, device)
+    shared = getattr(args, "shared_preprocessing", None)  # a fold: the run's one fingerprint
+    job = prepare_training(manifest, config, preprocessing=shared if ckpt is None else ckpt["preprocessing"],
+                           dist=dist, quiet=args.quiet)
+    logger.info("device %s", device)
 
-    import torch  # noqa: F401  (after the checks: the fast failures stay fast)
+    from medresunet.training.loop import TrainOptions, train
 
-    from medresunet.data.preprocessing import Preprocessing
-    from medresunet.networks import build_network, network_kwargs
-    from medresunet.training.loop import train
-    from medresunet.training.state import seed_everything
+    record = _run_record(args, config, job, manifest, dist, device, started)
+    if dist.is_main:
+        _write_config(run_dir, config)
+        write_run_json(run_dir / "run.json", record)
+    result = train(config, job.model, job.data, job.info, run_dir, device,
+                   TrainOptions(resume=bool(args.resume), max_minutes=args.max_minutes, quiet=args.quiet),
+                   dist=dist)
+    if not dist.is_main:
+        return EXIT_OK
+    _finish_record(record, result, run_dir, t0)
+    write_run_json(run_dir / "run.json", record)
+    if result.stopped_by_budget:
+        logger.warning("stopped by the --max-minutes budget after epoch %d; continue with --resume",
+                       result.epochs_done)
+    best = _finite(result.best_metric)
+    logger.info("done: %d epochs, %d steps, best validation mean Dice %s (epoch %d); run folder %s",
+                result.epochs_done, result.global_step, "n/a" if best is None else f"{best:.4f}",
+                result.best_epoch, run_dir)
+    return EXIT_OK
 
-    if ckpt is not None:
-        prep = Preprocessing.from_dict(ckpt["preprocessing"])
-    elif getattr(args, "shared_preprocessing", None) is not None:  # a fold: the run's one fingerprint
-        prep = Preprocessing.from_dict(args.shared_preprocessing)
-    else:  # measured once, on rank 0, from all training cases
-        prep_dict = (_fingerprint(train_cases, manifest.channels, config, args.quiet).to_dict()
-                     if dist.is_main else None)
-        prep = Preprocessing.from_dict(distributed.broadcast_object(dist, prep_dict))
-    logger.info("preprocessing: %s", prep.to_dict())
-    own_cases = distributed.shard(train_cases, dist.rank, dist.world_size)  # this rank's share only
-    train_data, val_data, background = _datasets(own_cases, val_cases if dist.is_main else [], prep, config,
-                                                 args.quiet or not dist.is_main)
-    out_channels = max(manifest.labels.values()) + 1
-    kwargs = network_kwargs(config.model, len(manifest.channels), out_channels)
-    seed_everything(config.train.seed)  # the initial weights depend on the seed only
-    model = build_network(config.model, len(manifest.channels), out_channels)
 
+def _write_config(run_dir: Path, config: Any) -> None:
+    import yaml
+
+    from medresunet.config import config_to_dict
     from medresunet.io.atomic import write_text_atomic
 
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def _run_record(args: argparse.Namespace, config: Any, job: Any, manifest: Any, dist: Any, device: Any,
+                started: _dt.datetime) -> dict[str, Any]:
+    """``run.json`` as written before training starts (status ``running``)."""
+    from medresunet.config import config_to_dict
+    from medresunet.runinfo import environment_info
+
     inputs = {
         "manifest": str(manifest.path), "config": None if args.resume else str(args.config),
         "overrides": list(args.set), "resume": bool(args.resume),
-        "train_cases": [c.case_id for c in train_cases], "val_cases": [c.case_id for c in val_cases],
+        "train_cases": [c.case_id for c in job.train_cases], "val_cases": [c.case_id for c in job.val_cases],
         "labels": dict(manifest.labels), "channels": list(manifest.channels),
     }
-    record: dict[str, Any] = {
+    return {
         "command": "medresunet-train", "status": "running", "environment": environment_info(device),
-        "seed": config.train.seed, "config": config_to_dict(config), "preprocessing": prep.to_dict(),
+        "seed": config.train.seed, "config": config_to_dict(config), "preprocessing": job.preprocessing.to_dict(),
         "inputs": inputs, "outputs": {}, "time": {"started": started.isoformat(timespec="seconds")},
         "distributed": {"world_size": dist.world_size, "backend": dist.backend,
                         "batch_size_per_rank": config.train.batch_size,
                         "global_batch_size": config.train.batch_size * dist.world_size,
                         "lr": config.train.lr, "timeout_s": dist.timeout_s if dist.enabled else None},
     }
-    if dist.is_main:
-        write_run_json(run_dir / "run.json", record)
-    result = train(
-        config=config, model=model, model_kwargs=kwargs, train_data=train_data, val_data=val_data,
-        labels=manifest.labels, input_channels=list(manifest.channels), preprocessing=prep,
-        background=background, run_dir=run_dir, device=device, resume=bool(args.resume),
-        max_minutes=args.max_minutes, quiet=args.quiet, dist=dist,
-    )
-    if not dist.is_main:
-        return EXIT_OK
+
+
+def _finish_record(record: dict[str, Any], result: Any, run_dir: Path, t0: float) -> None:
     record["status"] = "budget_reached" if result.stopped_by_budget else "finished"
     record["outputs"] = {**result.outputs, "config.yaml": str(run_dir / "config.yaml"),
                          "run.json": str(run_dir / "run.json")}
@@ -212,50 +203,12 @@ def _run_rank(args: argparse.Namespace, dist: Any, device: Any) -> int:  # noqa:
     record["time"].update({"finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                            "seconds": round(time.monotonic() - t0, 2),
                            "training_seconds": round(result.seconds, 2)})
-    write_run_json(run_dir / "run.json", record)
-    if result.stopped_by_budget:
-        logger.warning("stopped by the --max-minutes budget after epoch %d; continue with --resume",
-                       result.epochs_done)
-    best = _finite(result.best_metric)
-    logger.info("done: %d epochs, %d steps, best validation mean Dice %s (epoch %d); run folder %s",
-                result.epochs_done, result.global_step, "n/a" if best is None else f"{best:.4f}",
-                result.best_epoch, run_dir)
-    return EXIT_OK
 
 
 def _finite(value: float) -> float | None:
     import math
 
     return float(value) if math.isfinite(value) else None
-
-
-def _fingerprint(train_cases: list, channels: tuple[str, ...], config: Any, quiet: bool) -> Any:
-    from medresunet.data.fingerprint import fingerprint
-    from medresunet.errors import ManifestError
-
-    try:
-        return fingerprint(train_cases, channels, config.data, config.model.spatial_dims, quiet=quiet,
-                           seed=config.train.seed)
-    except ValueError as err:
-        raise ManifestError(f"cannot measure the training cases: {err}") from err
-
-
-def _datasets(train_cases: list, val_cases: list, prep: Any, config: Any, quiet: bool) -> tuple[Any, Any, Any]:
-    """Cached training / validation datasets and the per-image background function."""
-    from medresunet.data.datasets import make_train_dataset, make_val_dataset
-    from medresunet.data.transforms import background_value
-
-    data = config.data
-    logger.info("preprocessing %d training and %d validation cases", len(train_cases), len(val_cases))
-    train_data = make_train_dataset(train_cases, prep, data, progress=not quiet)
-    val_data = (make_val_dataset(val_cases, prep, cache=data.cache, cache_dir=data.cache_dir,
-                                 num_workers=data.num_workers, progress=not quiet)
-                if val_cases else [])
-
-    def background(image: Any) -> list[float]:
-        return [float(background_value(prep, c, image)) for c in range(prep.n_channels)]
-
-    return train_data, val_data, background
 
 
 def main(argv: list[str] | None = None) -> int:

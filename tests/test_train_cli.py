@@ -162,3 +162,24 @@ def test_msd_dataset_json_mixed_geometry_trains(tmp_path):
     record = json.loads((run / "run.json").read_text())
     assert len(record["inputs"]["train_cases"]) == 2 and len(record["inputs"]["val_cases"]) == 2
     assert record["result"]["last_validation"]["n_cases"] == 2
+
+
+def test_python_api_prepare_then_train(dataset, tmp_path):
+    """The library does what the CLI does: prepare_training + train, no argument parsing."""
+    import torch
+
+    from medresunet.config import load_config
+    from medresunet.manifest import load_manifest
+    from medresunet.training.checkpoint import load_checkpoint
+    from medresunet.training.loop import TrainOptions, train
+    from medresunet.training.prepare import prepare_training
+
+    config = load_config("3d", [*TINY, "data.cache=none"])
+    job = prepare_training(load_manifest(dataset), config, quiet=True)
+    assert [c.case_id for c in job.val_cases] == ["aniso"] and len(job.train_cases) == 3
+    assert job.info.labels == LABELS and job.info.kwargs["in_channels"] == 1
+    result = train(config, job.model, job.data, job.info, tmp_path / "run", torch.device("cpu"),
+                   TrainOptions(quiet=True))
+    assert result.global_step == 2 and result.last_val is not None
+    ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert ckpt["preprocessing"] == job.preprocessing.to_dict()

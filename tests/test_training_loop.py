@@ -12,7 +12,7 @@ import torch
 from medresunet.config import load_config
 from medresunet.networks import build_network, network_kwargs
 from medresunet.training.checkpoint import load_checkpoint, model_from_checkpoint
-from medresunet.training.loop import train
+from medresunet.training.loop import ModelInfo, TrainData, TrainOptions, train
 from tests.synthetic import sphere_phantom
 
 LABELS = {"background": 0, "big": 1, "small": 2}
@@ -53,10 +53,10 @@ def _run(tmp_path, cfg, name="run", **kw):
     model = build_network(cfg.model, 1, len(LABELS))
     train_ds, val = _data(cfg.model.spatial_dims)
     _run.model = model
-    return train(config=cfg, model=model, model_kwargs=network_kwargs(cfg.model, 1, len(LABELS)),
-                 train_data=train_ds, val_data=val, labels=LABELS, input_channels=["CT"],
-                 preprocessing=_Prep(), background=[0.0], run_dir=tmp_path / name,
-                 device=torch.device("cpu"), quiet=True, **kw)
+    info = ModelInfo(kwargs=network_kwargs(cfg.model, 1, len(LABELS)), labels=LABELS, input_channels=["CT"],
+                     preprocessing=_Prep())
+    return train(cfg, model, TrainData(train=train_ds, val=val, background=[0.0]), info, tmp_path / name,
+                 torch.device("cpu"), TrainOptions(quiet=True, **kw))
 
 
 @pytest.mark.parametrize("dims", [3, 2])

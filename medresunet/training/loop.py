@@ -1,8 +1,14 @@
 """The training loop: Dice+CE, AdamW, warm-up + decay, AMP, clipping, validation, resume.
 
 :func:`train` takes explicit arguments (the resolved :class:`~medresunet.config.Config`,
-datasets, the preprocessing, the run folder) and does no argument parsing and no
-printing; ``pipelines/train.py`` wires it to the command line.
+the network, its :class:`~medresunet.training.run_state.TrainData` and
+:class:`~medresunet.training.run_state.ModelInfo`, the run folder) and does no argument
+parsing and no printing; :mod:`medresunet.training.prepare` builds those from a manifest
+and ``pipelines/train.py`` wires it to the command line. It runs in pieces over a
+:class:`~medresunet.training.run_state.TrainState`: build (and resume) the state, then per
+epoch :func:`run_epoch` (a loader re-seeded per epoch, :func:`train_step` per batch, whose
+:func:`optimizer_step` owns backward, scaling, clipping and the schedule step) and
+:func:`end_epoch` (:func:`validate_epoch`, :func:`save_checkpoints`, :func:`log_epoch`).
 
 Determinism and resume: at the start of every epoch the data pipeline (MONAI transform
 random states, the DataLoader's shuffling and worker seeds) and the global RNGs are
@@ -28,7 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,17 +42,24 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-import medresunet
-from medresunet.config import Config, config_to_dict
-from medresunet.devices import autocast, resolve_precision
-from medresunet.errors import CheckpointError
+from medresunet.config import Config
+from medresunet.devices import autocast
 from medresunet.training import distributed as _dist
-from medresunet.training.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from medresunet.training.checkpoint import load_checkpoint, save_checkpoint
 from medresunet.training.logs import TrainingLog
-from medresunet.training.loss import SegmentationLoss
-from medresunet.training.schedule import load_scheduler_state, make_scheduler, scheduler_state
-from medresunet.training.state import capture_rng, epoch_seed, restore_rng, seed_everything
-from medresunet.training.validation import Background, validate
+from medresunet.training.run_state import (
+    ModelInfo,
+    TrainData,
+    TrainOptions,
+    TrainState,
+    checkpoint_payload,
+    new_state,
+    resume_state,
+)
+from medresunet.training.state import epoch_seed, seed_everything
+from medresunet.training.validation import validate
+
+__all__ = ["ModelInfo", "TrainData", "TrainOptions", "TrainResult", "TrainState", "steps_per_epoch", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +77,26 @@ class TrainResult:
     stopped_by_budget: bool
     seconds: float
     outputs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Run:
+    """The fixed inputs of one :func:`train` call, and its log and progress bar."""
+
+    config: Config
+    data: TrainData
+    info: ModelInfo
+    run_dir: Path
+    device: torch.device
+    options: TrainOptions
+    dist: _dist.DistInfo
+    t0: float = 0.0
+    log: TrainingLog | None = None
+    bar: Any = None
+
+    @property
+    def main(self) -> bool:
+        return self.dist.is_main
 
 
 def steps_per_epoch(config: Config, n_train_items: int, world_size: int = 1) -> int:
@@ -86,131 +119,74 @@ def _seed_data(dataset: Any, seed: int) -> None:
             return
 
 
-def _memory_format(spatial_dims: int, enabled: bool) -> torch.memory_format | None:
-    if not enabled:
-        return None
-    return torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
-
-
-def _as_batch(batch: Mapping[str, Any], spatial_dims: int, device: torch.device,
-              fmt: torch.memory_format | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _as_batch(batch: Mapping[str, Any], state: TrainState, spatial_dims: int) -> tuple[torch.Tensor, torch.Tensor]:
     image = torch.as_tensor(batch["image"]).as_subclass(torch.Tensor).float()
     label = torch.as_tensor(batch["label"]).as_subclass(torch.Tensor)
     if spatial_dims == 2 and image.ndim == 5 and image.shape[-1] == 1:  # 2D patches as (H, W, 1)
         image, label = image[..., 0], label[..., 0]
-    image = image.to(device, non_blocking=True)
-    label = label.to(device, non_blocking=True)
-    if fmt is not None:
-        image = image.contiguous(memory_format=fmt)
+    image = image.to(state.device, non_blocking=True)
+    label = label.to(state.device, non_blocking=True)
+    if state.memory_format is not None:
+        image = image.contiguous(memory_format=state.memory_format)
     return image, label
 
 
-def _plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-
-
-def train(
-    *,
-    config: Config,
-    model: torch.nn.Module,
-    model_kwargs: dict[str, Any],
-    train_data: Any,
-    val_data: Sequence[Mapping[str, Any]],
-    labels: Mapping[str, int],
-    input_channels: Sequence[str],
-    preprocessing: Any,
-    background: Background,
-    run_dir: str | Path,
-    device: torch.device,
-    resume: bool = False,
-    max_minutes: float | None = None,
-    quiet: bool = False,
-    stop_after_epoch: int | None = None,
-    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
-    dist: _dist.DistInfo | None = None,
-) -> TrainResult:
+def train(config: Config, model: torch.nn.Module, data: TrainData, info: ModelInfo, run_dir: str | Path,
+          device: torch.device, options: TrainOptions | None = None,
+          dist: _dist.DistInfo | None = None) -> TrainResult:
     """Train ``model`` and write ``last.pt``, ``best.pt`` and ``log.csv`` in ``run_dir``.
 
     Args:
         config: the resolved config; ``config.train.epochs`` is the total number of epochs
             of the run (on resume it may exceed the checkpoint's: the run is extended and
             the LR schedule recomputed over the new horizon, see ``training.schedule``).
-        model: a freshly built network matching ``model_kwargs`` (weights are loaded from
+        model: a freshly built network matching ``info.kwargs`` (weights are loaded from
             ``last.pt`` on resume).
-        model_kwargs: the network's plain hyper-parameters (``networks.network_kwargs``).
-        train_data: a map-style dataset of training items ``{"image", "label"}``, each a
-            list of ``data.samples_per_volume`` random patches ``(C, *patch)`` (or one dict).
-        val_data: preprocessed whole volumes ``{"image": (C, *spatial), "label": (1, *spatial)}``.
-        labels: name -> value, with ``background: 0``.
-        input_channels: modality per input channel.
-        preprocessing: object with ``to_dict()`` (stored in the checkpoint).
-        background: normalised background intensity per input channel (window padding),
-            or a function of a validation image giving it.
+        data: training dataset, validation volumes and padding background.
+        info: what the checkpoints record beside the weights (hyper-parameters, labels,
+            input channels, preprocessing).
         run_dir: the run folder (created).
         device: torch device.
-        resume: continue from ``run_dir/last.pt``.
-        max_minutes: wall-clock budget of this call; training stops at the end of the step
-            that crosses it, validates and writes its checkpoints.
-        quiet: no progress bar.
-        stop_after_epoch: stop (as if interrupted) once this epoch (1-based) is done,
-            without changing the planned horizon; for tests and staged runs.
-        on_epoch_end: called with the epoch's log record (on rank 0).
+        options: resume, budget, progress, early stop, per-epoch callback.
         dist: the process group this rank belongs to (``None``: a single process).
-            ``train_data`` is then this rank's share of the training cases, and only
+            ``data.train`` is then this rank's share of the training cases, and only
             rank 0 writes files and shows progress.
 
     Returns:
         A :class:`TrainResult`.
     """
-    from monai.data import DataLoader
+    run = _Run(config=config, data=data, info=info, run_dir=Path(run_dir), device=device,
+               options=options or TrainOptions(), dist=dist or _dist.SINGLE)
+    state = _start(run, model)
+    run.t0 = time.monotonic()
+    run.bar = tqdm(total=max(0, (state.total_epochs - state.epoch) * state.steps_per_epoch),
+                   disable=run.options.quiet or not run.main, unit="it", desc="train",
+                   dynamic_ncols=True, leave=True)
+    state.model.train()
+    try:
+        for epoch in range(state.epoch, state.total_epochs):
+            e_start = time.monotonic()
+            losses = run_epoch(run, state, epoch)
+            if end_epoch(run, state, losses, time.monotonic() - e_start):
+                break
+    finally:
+        run.bar.close()
+        if run.log is not None:
+            run.log.close()
+    return _finish(run, state)
 
-    run_dir = Path(run_dir)
-    dist = dist or _dist.SINGLE
-    main = dist.is_main
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    tc = config.train
-    spatial_dims = config.model.spatial_dims
-    precision = resolve_precision(tc.precision, device)
-    fmt = _memory_format(spatial_dims, tc.channels_last)
-    n_items = int(_dist.all_reduce_sum(dist, [len(train_data)])[0])
-    n_steps = steps_per_epoch(config, n_items, dist.world_size)
-    total_epochs = tc.epochs
-    items_per_batch = max(1, math.ceil(tc.batch_size / config.data.samples_per_volume))
 
+def _start(run: _Run, model: torch.nn.Module) -> TrainState:
+    """Build the state (resumed from ``last.pt`` if asked), wrap for DDP, open the log."""
+    if run.main:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+    tc, dist = run.config.train, run.dist
+    n_items = int(_dist.all_reduce_sum(dist, [len(run.data.train)])[0])
+    n_steps = steps_per_epoch(run.config, n_items, dist.world_size)
     seed_everything(tc.seed)
-    model = model.to(device)
-    if fmt is not None:
-        model = model.to(memory_format=fmt)
-    core = model  # the unwrapped module: checkpoints, validation, resume
-    optimizer = torch.optim.AdamW(core.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    scheduler = make_scheduler(optimizer, total_epochs * n_steps, tc.warmup_epochs * n_steps, tc.schedule)
-    scaler = torch.amp.GradScaler(device.type, enabled=(precision == "fp16" and device.type == "cuda"))
-    loss_fn = SegmentationLoss()
-    label_names = [n for n, v in labels.items() if v != 0]
-
-    start_epoch, global_step = 0, 0
-    best_metric, best_epoch = -math.inf, 0
-    if resume:
-        ckpt = load_checkpoint(run_dir / "last.pt")
-        ts = ckpt.get("train_state") or {}
-        try:
-            model.load_state_dict(ckpt["state_dict"], strict=True)
-            optimizer.load_state_dict(ts["optimizer"])
-            load_scheduler_state(scheduler, ts["scheduler"])
-            if ts.get("scaler"):
-                scaler.load_state_dict(ts["scaler"])
-            restore_rng(ts["rng"])
-        except (KeyError, RuntimeError, ValueError) as err:
-            raise CheckpointError(f"{run_dir / 'last.pt'}: cannot resume from it ({err})") from err
-        start_epoch, global_step = int(ts["epoch"]), int(ts["global_step"])
-        best_metric = float(ts.get("best_metric", -math.inf))
-        best_epoch = int(ts.get("best_epoch", 0))
-        if ts.get("steps_per_epoch") not in (None, n_steps):
-            logger.warning("steps per epoch changed from %s to %s since the checkpoint",
-                           ts.get("steps_per_epoch"), n_steps)
-        logger.info("resuming %s at epoch %d, step %d (run of %d epochs)", run_dir, start_epoch,
-                    global_step, total_epochs)
+    state = new_state(run.config, model, run.device, n_steps)
+    if run.options.resume:
+        resume_state(state, run.run_dir / "last.pt")
     if dist.enabled:
         import warnings
 
@@ -218,136 +194,152 @@ def train(
 
         # channels-last 1x1 kernels: strides of size-1 axes differ, harmlessly
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-
-        model = DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None)
+        device_ids = [run.device.index] if run.device.type == "cuda" else None
+        state.model = DistributedDataParallel(state.core, device_ids=device_ids)
     logger.info("batch: %d patches per rank x %d rank(s) = global batch %d; lr %g (not scaled with the "
                 "world size); %d steps per epoch", tc.batch_size, dist.world_size,
                 tc.batch_size * dist.world_size, tc.lr, n_steps)
-    if start_epoch >= total_epochs:
+    if state.epoch >= state.total_epochs:
         logger.warning("%s: already trained %d of %d epochs; nothing to do (use --epochs to extend)",
-                       run_dir, start_epoch, total_epochs)
+                       run.run_dir, state.epoch, state.total_epochs)
+    if run.main:
+        run.log = TrainingLog(run.run_dir, run.info.label_names,
+                              resume_epoch=state.epoch if run.options.resume else None)
+    return state
 
-    log = TrainingLog(run_dir, label_names, resume_epoch=start_epoch if resume else None) if main else None
 
-    def payload(epoch: int) -> dict[str, Any]:
-        return {
-            "format_version": FORMAT_VERSION,
-            "medresunet_version": medresunet.__version__,
-            "model": model_kwargs,
-            "state_dict": _plain_state_dict(core),
-            "preprocessing": preprocessing.to_dict(),
-            "labels": dict(labels),
-            "input_channels": list(input_channels),
-            "infer": config_to_dict(config.infer),
-            "train_state": {
-                "epoch": epoch, "epochs": total_epochs, "global_step": global_step,
-                "steps_per_epoch": n_steps, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler_state(scheduler), "scaler": scaler.state_dict(),
-                "rng": capture_rng(), "best_metric": best_metric, "best_epoch": best_epoch,
-                "precision": precision,
-            },
-            "config": config_to_dict(config),
-        }
+def _epoch_loader(run: _Run, epoch: int) -> Any:
+    """The epoch's DataLoader, with data, shuffling and global RNGs seeded from ``(seed, epoch)``."""
+    from monai.data import DataLoader
 
-    t0 = time.monotonic()
-    budget_s = None if max_minutes is None else max(0.0, float(max_minutes) * 60.0)
-    stopped_by_budget = False
-    last_val: dict[str, Any] | None = None
-    epochs_done = start_epoch
-    bar = tqdm(total=max(0, (total_epochs - start_epoch) * n_steps), disable=quiet or not main, unit="it",
-               desc="train", dynamic_ncols=True, leave=True)
-    model.train()
-    try:
-        for epoch in range(start_epoch, total_epochs):
-            e_start = time.monotonic()
-            stream = 3 * dist.rank  # rank 0: the streams of a single-process run
-            seed_everything(epoch_seed(tc.seed, epoch, stream))
-            _seed_data(train_data, epoch_seed(tc.seed, epoch, stream + 1))
-            gen = torch.Generator().manual_seed(epoch_seed(tc.seed, epoch, stream + 2))
-            loader = DataLoader(train_data, batch_size=items_per_batch, shuffle=True, drop_last=False,
-                                num_workers=config.data.num_workers, generator=gen,
-                                pin_memory=device.type == "cuda",
-                                persistent_workers=False)
+    seed, stream = run.config.train.seed, 3 * run.dist.rank  # rank 0: the streams of a single process
+    seed_everything(epoch_seed(seed, epoch, stream))
+    _seed_data(run.data.train, epoch_seed(seed, epoch, stream + 1))
+    gen = torch.Generator().manual_seed(epoch_seed(seed, epoch, stream + 2))
+    items_per_batch = max(1, math.ceil(run.config.train.batch_size / run.config.data.samples_per_volume))
+    return DataLoader(run.data.train, batch_size=items_per_batch, shuffle=True, drop_last=False,
+                      num_workers=run.config.data.num_workers, generator=gen,
+                      pin_memory=run.device.type == "cuda", persistent_workers=False)
+
+
+def run_epoch(run: _Run, state: TrainState, epoch: int) -> list[float]:
+    """Epoch ``epoch`` (0-based): ``state.steps_per_epoch`` steps, or fewer if the budget ends it.
+
+    Returns:
+        The loss of each step taken; ``state.epoch`` is ``epoch + 1`` afterwards.
+    """
+    loader = _epoch_loader(run, epoch)
+    batches = iter(loader)
+    losses: list[float] = []
+    budget_s = None if run.options.max_minutes is None else max(0.0, float(run.options.max_minutes) * 60.0)
+    for _ in range(state.steps_per_epoch):
+        try:
+            batch = next(batches)
+        except StopIteration:  # fewer batches than steps: another pass
             batches = iter(loader)
-            losses: list[float] = []
-            for _ in range(n_steps):
-                try:
-                    batch = next(batches)
-                except StopIteration:
-                    batches = iter(loader)
-                    batch = next(batches)
-                image, label = _as_batch(batch, spatial_dims, device, fmt)
-                optimizer.zero_grad(set_to_none=True)
-                with autocast(device, precision):
-                    logits = model(image)
-                loss = loss_fn(logits, label)
-                scaler.scale(loss).backward()
-                if tc.grad_clip and tc.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(core.parameters(), tc.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                global_step += 1
-                losses.append(float(loss.detach()))
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}", refresh=False)
-                if budget_s is not None:
-                    over = time.monotonic() - t0 >= budget_s
-                    if _dist.broadcast_object(dist, over):  # rank 0's clock decides for all
-                        stopped_by_budget = True
-                        break
-            epochs_done = epoch + 1
-            last_epoch = (epochs_done == total_epochs or stopped_by_budget
-                          or (stop_after_epoch is not None and epochs_done >= stop_after_epoch))
-            val = None
-            if (main and val_data is not None and len(val_data) > 0
-                    and (epochs_done % tc.val_interval == 0 or last_epoch)):
-                val = validate(core, val_data, labels, config.data.patch_size, spatial_dims,
-                               tc.val_overlap, background, device, precision,
-                               sw_batch_size=max(1, config.infer.sw_batch_size))
-                if not math.isnan(val["dice_mean"]) and val["dice_mean"] > best_metric:
-                    best_metric, best_epoch = val["dice_mean"], epochs_done
-                    save_checkpoint(run_dir / "best.pt", payload(epochs_done))
-                    logger.debug("new best mean Dice %.4f at epoch %d", best_metric, best_epoch)
-                bar.set_postfix(epoch=epochs_done, loss=f"{losses[-1]:.4f}",
-                                val_dice=f"{val['dice_mean']:.3f}", refresh=True)
-            # the other ranks wait here while rank 0 validates; all then agree on the result
-            val, best_metric, best_epoch = _dist.broadcast_object(dist, (val, best_metric, best_epoch))
-            if val is not None:
-                last_val = val
-            if main:
-                save_checkpoint(run_dir / "last.pt", payload(epochs_done))
-            loss_sum, loss_n = _dist.all_reduce_sum(dist, [sum(losses), len(losses)])
-            train_loss = float(loss_sum / loss_n) if loss_n else float("nan")  # mean over all ranks
-            lr = float(optimizer.param_groups[0]["lr"])
-            if log is not None:
-                log.add(epochs_done, global_step, train_loss, lr, time.monotonic() - e_start, val)
-            record = {"epoch": epochs_done, "step": global_step, "train_loss": train_loss, "lr": lr, "val": val}
-            if val is not None:
-                logger.info("epoch %d/%d: loss %.4f, val mean Dice %.4f %s", epochs_done, total_epochs,
-                            train_loss, val["dice_mean"],
-                            " ".join(f"{k}={v:.3f}" for k, v in val["dice"].items()))
-            else:
-                logger.debug("epoch %d/%d: loss %.4f", epochs_done, total_epochs, train_loss)
-            if on_epoch_end is not None and main:
-                on_epoch_end(record)
-            if stopped_by_budget:
-                logger.warning("the --max-minutes budget (%.1f min) ended the run after epoch %d, step %d",
-                               max_minutes, epochs_done, global_step)
+            batch = next(batches)
+        losses.append(train_step(state, *_as_batch(batch, state, run.config.model.spatial_dims)))
+        run.bar.update(1)
+        run.bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}", refresh=False)
+        if budget_s is not None:
+            over = time.monotonic() - run.t0 >= budget_s
+            if _dist.broadcast_object(run.dist, over):  # rank 0's clock decides for all
+                state.stopped_by_budget = True
                 break
-            if stop_after_epoch is not None and epochs_done >= stop_after_epoch:
-                break
-    finally:
-        bar.close()
-        if log is not None:
-            log.close()
-    if main and not (run_dir / "best.pt").exists() and (run_dir / "last.pt").exists():
+    state.epoch = epoch + 1
+    return losses
+
+
+def train_step(state: TrainState, image: torch.Tensor, label: torch.Tensor) -> float:
+    """One optimizer step on a batch ``(B, C, *patch)`` / ``(B, 1, *patch)``; returns its loss."""
+    state.optimizer.zero_grad(set_to_none=True)
+    with autocast(state.device, state.precision):
+        logits = state.model(image)
+    loss = state.loss_fn(logits, label)
+    optimizer_step(state, loss)
+    state.global_step += 1
+    return float(loss.detach())
+
+
+def optimizer_step(state: TrainState, loss: torch.Tensor) -> None:
+    """Backward (through the gradient scaler), optional clipping, optimizer and schedule step."""
+    state.scaler.scale(loss).backward()
+    if state.grad_clip > 0:
+        state.scaler.unscale_(state.optimizer)
+        torch.nn.utils.clip_grad_norm_(state.core.parameters(), state.grad_clip)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.scheduler.step()
+
+
+def end_epoch(run: _Run, state: TrainState, losses: list[float], seconds: float) -> bool:
+    """Validation, checkpoints and logs after an epoch; returns whether the run stops now."""
+    stop_after = run.options.stop_after_epoch
+    early = stop_after is not None and state.epoch >= stop_after
+    val = validate_epoch(run, state, last=state.epoch == state.total_epochs or state.stopped_by_budget or early)
+    save_checkpoints(run, state)
+    record = log_epoch(run, state, losses, seconds, val)
+    if run.options.on_epoch_end is not None and run.main:
+        run.options.on_epoch_end(record)
+    if state.stopped_by_budget:
+        logger.warning("the --max-minutes budget (%.1f min) ended the run after epoch %d, step %d",
+                       run.options.max_minutes, state.epoch, state.global_step)
+    return state.stopped_by_budget or early
+
+
+def validate_epoch(run: _Run, state: TrainState, last: bool) -> dict[str, Any] | None:
+    """Validate on rank 0 when due (every ``train.val_interval`` epochs and at the last one).
+
+    A new best mean Dice writes ``best.pt``. Every rank returns the same result (``None``
+    when no validation ran) and holds the same best metric.
+    """
+    tc, val = run.config.train, None
+    if run.main and run.data.val is not None and len(run.data.val) > 0 and (state.epoch % tc.val_interval == 0 or last):
+        val = validate(state.core, run.data.val, run.info.labels, run.config.data.patch_size,
+                       run.config.model.spatial_dims, tc.val_overlap, run.data.background, run.device,
+                       state.precision, sw_batch_size=max(1, run.config.infer.sw_batch_size))
+        if not math.isnan(val["dice_mean"]) and val["dice_mean"] > state.best_metric:
+            state.best_metric, state.best_epoch = val["dice_mean"], state.epoch
+            save_checkpoint(run.run_dir / "best.pt", checkpoint_payload(state, run.info, run.config))
+            logger.debug("new best mean Dice %.4f at epoch %d", state.best_metric, state.best_epoch)
+        run.bar.set_postfix(epoch=state.epoch, val_dice=f"{val['dice_mean']:.3f}", refresh=True)
+    # the other ranks wait here while rank 0 validates; all then agree on the result
+    val, state.best_metric, state.best_epoch = _dist.broadcast_object(
+        run.dist, (val, state.best_metric, state.best_epoch))
+    if val is not None:
+        state.last_val = val
+    return val
+
+
+def save_checkpoints(run: _Run, state: TrainState) -> None:
+    """Write ``last.pt`` of the epoch just done (rank 0)."""
+    if run.main:
+        save_checkpoint(run.run_dir / "last.pt", checkpoint_payload(state, run.info, run.config))
+
+
+def log_epoch(run: _Run, state: TrainState, losses: list[float], seconds: float,
+              val: dict[str, Any] | None) -> dict[str, Any]:
+    """Append the epoch to ``log.csv`` (rank 0) and return its record (the same on every rank)."""
+    loss_sum, loss_n = _dist.all_reduce_sum(run.dist, [sum(losses), len(losses)])
+    train_loss = float(loss_sum / loss_n) if loss_n else float("nan")  # mean over all ranks
+    if run.log is not None:
+        run.log.add(state.epoch, state.global_step, train_loss, state.lr, seconds, val)
+    if val is not None:
+        logger.info("epoch %d/%d: loss %.4f, val mean Dice %.4f %s", state.epoch, state.total_epochs,
+                    train_loss, val["dice_mean"], " ".join(f"{k}={v:.3f}" for k, v in val["dice"].items()))
+    else:
+        logger.debug("epoch %d/%d: loss %.4f", state.epoch, state.total_epochs, train_loss)
+    return {"epoch": state.epoch, "step": state.global_step, "train_loss": train_loss, "lr": state.lr, "val": val}
+
+
+def _finish(run: _Run, state: TrainState) -> TrainResult:
+    run_dir = run.run_dir
+    if run.main and not (run_dir / "best.pt").exists() and (run_dir / "last.pt").exists():
         # no validation ran (no validation cases): best.pt is the last state
         save_checkpoint(run_dir / "best.pt", load_checkpoint(run_dir / "last.pt"))
-    _dist.barrier(dist)  # rank 0's files are complete before any rank returns
+    _dist.barrier(run.dist)  # rank 0's files are complete before any rank returns
     outputs = {n: str(run_dir / n) for n in ("last.pt", "best.pt", "log.csv") if (run_dir / n).exists()}
-    return TrainResult(run_dir=run_dir, epochs_done=epochs_done, global_step=global_step,
-                       best_metric=best_metric, best_epoch=best_epoch, last_val=last_val,
-                       stopped_by_budget=stopped_by_budget, seconds=time.monotonic() - t0,
+    return TrainResult(run_dir=run_dir, epochs_done=state.epoch, global_step=state.global_step,
+                       best_metric=state.best_metric, best_epoch=state.best_epoch, last_val=state.last_val,
+                       stopped_by_budget=state.stopped_by_budget, seconds=time.monotonic() - run.t0,
                        outputs=outputs)
