@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -103,16 +102,6 @@ def _check_args(args: argparse.Namespace) -> None:
                              "evaluate all of them afterwards with medresunet-eval")
 
 
-def _reason(err: BaseException, path: Path) -> str:
-    """One line naming the scan and why it failed."""
-    from medresunet.errors import MedresunetError
-
-    text = " ".join(str(err).split()) or type(err).__name__
-    if not isinstance(err, MedresunetError):
-        text = f"{type(err).__name__}: {text}"
-    return text if str(path) in text else f"{path}: {text}"
-
-
 def _quiet_third_party() -> None:
     """Silence notes that say nothing about the user's scans."""
     import warnings
@@ -166,141 +155,38 @@ def _run(args: argparse.Namespace) -> int:
         return _run_rank(args, dist, device)
 
 
-def _run_rank(args: argparse.Namespace, dist: Any, device: Any) -> int:  # noqa: C901 - one linear workflow
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm.auto import tqdm
-
+def _run_rank(args: argparse.Namespace, dist: Any, device: Any) -> int:
+    from medresunet.inference.batch import BatchOptions, segment_folder
     from medresunet.inference.ensemble import open_models
-    from medresunet.io import discover_scans, write_probabilities, write_segmentation
-    from medresunet.runinfo import environment_info, write_run_json
+    from medresunet.runinfo import write_run_json
 
     _quiet_third_party()
-    started = time.time()
-    all_scans = discover_scans(args.input)
-    if not all_scans:
-        from medresunet.errors import UsageError
-
-        raise UsageError(f"--input {args.input}: no scans found (NIfTI, NRRD, MHA or DICOM series folders)")
-    if dist.enabled:
-        shard_index, shard_count, record_name = dist.rank, dist.world_size, f"run.rank{dist.rank}.json"
-    elif args.shard is not None:
-        shard_index, shard_count = args.shard_index, args.shard_count
-        record_name = f"run.shard{shard_index}of{shard_count}.json"
-    else:
-        shard_index, shard_count, record_name = 0, 1, "run.json"
-    scans = distributed.shard(all_scans, shard_index, shard_count)
-    if shard_count > 1:
-        log.info("shard %d of %d (0-based): %d of %d scan(s)", shard_index, shard_count, len(scans),
-                 len(all_scans))
     predictor, model_info = open_models(
         args.model, postprocessing=not args.no_postprocessing, device=device, overlap=args.overlap,
         sw_batch_size=args.sw_batch_size, tta=args.tta, precision=args.precision,
         stitch_device=args.stitch_device, largest_component=args.largest_component,
         min_component_ml=args.min_component_ml)
-    args.output.mkdir(parents=True, exist_ok=True)
-    log.info("%d scan(s); device %s, precision %s, overlap %.2f, tta %s", len(scans), predictor.device,
-             predictor.precision, predictor.overlap, predictor.tta)
-
-    def target(scan) -> Path:
-        return args.output / f"{scan.case_id}.nii.gz"
-
-    todo = [s for s in scans if args.overwrite or not target(s).exists()]
-    skipped = [s for s in scans if s not in todo]
-    for s in skipped:
-        log.info("%s: %s exists, skipped (use --overwrite to replace it)", s.case_id, target(s))
-    records: list[dict[str, Any]] = [
-        {"case_id": s.case_id, "input": str(s.path), "output": str(target(s)), "status": "skipped"}
-        for s in skipped]
-    failures: list[tuple[str, str]] = []
-    outputs = {s.case_id: target(s) for s in skipped}
-
-    def load(scan):
-        return predictor.load([scan.path], args.series_uid)
-
-    bar = tqdm(total=len(todo), desc="infer" if shard_count == 1 else f"infer {shard_index}/{shard_count}",
-               unit="scan", disable=args.quiet, file=sys.stderr, position=shard_index if dist.enabled else None)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
-        pending = pool.submit(load, todo[0]) if todo else None
-        for i, scan in enumerate(todo):
-            bar.set_postfix_str(scan.case_id)
-            record: dict[str, Any] = {"case_id": scan.case_id, "input": str(scan.path)}
-            start = time.perf_counter()
-            try:
-                current, pending = pending, None
-                if i + 1 < len(todo):
-                    pending = pool.submit(load, todo[i + 1])  # prefetch while this one runs
-                loaded = current.result()
-                result = predictor.predict_loaded(loaded, return_probabilities=args.save_probabilities)
-                out = write_segmentation(result.labels, loaded.geometry, target(scan))
-                record.update(status="ok", output=str(out), seconds=dict(result.seconds))
-                if args.save_probabilities:
-                    probs = write_probabilities(result.probabilities, loaded.geometry,
-                                                args.output / "probabilities" / f"{scan.case_id}.nii.gz")
-                    record["probabilities"] = str(probs)
-                outputs[scan.case_id] = out
-            except Exception as err:  # noqa: BLE001 - one bad scan must not stop the batch
-                reason = _reason(err, scan.path)
-                log.debug("%s failed", scan.case_id, exc_info=True)
-                if not args.quiet:
-                    tqdm.write(f"{PROG}: {scan.case_id}: {reason}", file=sys.stderr)
-                failures.append((scan.case_id, reason))
-                record.update(status="failed", error=reason)
-            record["total_seconds"] = round(time.perf_counter() - start, 3)
-            records.append(record)
-            bar.update(1)
-    bar.close()
-
-    settings = {"device": str(predictor.device), "precision": predictor.precision,
-                "overlap": predictor.overlap, "sw_batch_size": predictor.sw_batch_size,
-                "tta": predictor.tta, "stitch_device": predictor.stitch_device,
-                "largest_component": predictor.largest_component,
-                "min_component_ml": predictor.min_component_ml, "series_uid": args.series_uid,
-                "overwrite": args.overwrite}
-    shard_info = {"index": shard_index, "count": shard_count, "n_scans": len(scans),
-                  "n_scans_total": len(all_scans)}
-    def run_record(**extra: Any) -> dict[str, Any]:
-        return {"command": PROG, "environment": environment_info(predictor.device),
-                "checkpoint": model_info["members"][0] if len(model_info["members"]) == 1 else None,
-                **model_info, "input": str(args.input), "output": str(args.output),
-                "settings": settings, **extra, "labels": predictor.labels,
-                "cases": sorted(records, key=lambda r: r["case_id"]),
-                "failures": [list(f) for f in failures], "seconds": round(time.time() - started, 2)}
-
-    if dist.enabled:  # this rank's own record, then rank 0 merges every rank's
-        write_run_json(args.output / record_name,
-                       run_record(shard={**shard_info, "rank": dist.rank, "world_size": dist.world_size}))
-        gathered = distributed.all_gather_object(
-            dist, {"rank": dist.rank, "records": records, "failures": failures,
-                   "outputs": {k: str(v) for k, v in outputs.items()}, "device": str(predictor.device)})
-        if not dist.is_main:
-            n_failed = sum(len(g["failures"]) for g in gathered)
-            return EXIT_FAILED_CASES if n_failed else EXIT_OK
-        records = [r for g in gathered for r in g["records"]]
-        failures = [tuple(f) for g in gathered for f in g["failures"]]
-        outputs = {k: Path(v) for g in gathered for k, v in g["outputs"].items()}
-        settings["device"] = [g["device"] for g in gathered]
-        skipped = [r for r in records if r["status"] == "skipped"]
-        scans = all_scans
-        shard_info = {"world_size": dist.world_size, "backend": dist.backend,
-                      "per_rank": [{"rank": g["rank"], "n_scans": len(g["records"]),
-                                    "record": str(args.output / f"run.rank{g['rank']}.json")} for g in gathered]}
-        record_name = "run.json"
+    members = model_info["members"]
+    record_info = {"checkpoint": members[0] if len(members) == 1 else None, **model_info}
+    shard = (args.shard_index, args.shard_count) if args.shard is not None else None
+    options = BatchOptions(overwrite=args.overwrite, save_probabilities=args.save_probabilities,
+                           series_uid=args.series_uid, shard=shard, quiet=args.quiet, record_info=record_info)
+    run = segment_folder(predictor, args.input, args.output, options, dist)
+    if dist.enabled and not dist.is_main:  # rank 0 evaluates and writes run.json
+        return EXIT_FAILED_CASES if run.failures else EXIT_OK
     report: dict[str, Any] = {}
-    if args.labels is not None and outputs:
-        images = {s.case_id: s.path for s in scans if s.path.is_file()}
-        report, eval_failures = _evaluate(args, outputs, images, predictor.labels)
-        failures += eval_failures
+    if args.labels is not None and run.outputs:
+        images = {s.case_id: s.path for s in run.scans if s.path.is_file()}
+        report, eval_failures = _evaluate(args, run.outputs, images, predictor.labels)
+        run.failures += eval_failures
     try:
-        sharded = shard_count > 1 or args.shard is not None
-        write_run_json(args.output / record_name,
-                       run_record(**({"shard": shard_info} if sharded else {}), report=report))
+        write_run_json(args.output / run.record_name, run.record(report=report))
     finally:  # the failed scans are listed even when run.json cannot be written (a full disk)
-        n_ok = sum(r["status"] == "ok" for r in records)
-        log.info("%d written, %d skipped, %d failed; outputs in %s", n_ok, len(skipped),
-                 sum(r["status"] == "failed" for r in records), args.output)
-        report_failures(PROG, failures)
-    return EXIT_FAILED_CASES if failures else EXIT_OK
+        counts = run.counts()
+        log.info("%d written, %d skipped, %d failed; outputs in %s", counts["ok"], counts["skipped"],
+                 counts["failed"], args.output)
+        report_failures(PROG, run.failures)
+    return EXIT_FAILED_CASES if run.failures else EXIT_OK
 
 
 def main(argv=None) -> int:

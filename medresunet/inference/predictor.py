@@ -184,6 +184,12 @@ class Predictor:
                 raise
             raise CheckpointError(f"{path}: {err}") from err
 
+    def settings(self) -> dict[str, Any]:
+        """The inference settings as plain values (for run records)."""
+        return {"device": str(self.device), "precision": self.precision, "overlap": self.overlap,
+                "sw_batch_size": self.sw_batch_size, "tta": self.tta, "stitch_device": self.stitch_device,
+                "largest_component": self.largest_component, "min_component_ml": self.min_component_ml}
+
     @property
     def n_classes(self) -> int:
         """Number of output classes (background included)."""
