@@ -25,8 +25,6 @@ KNOWN = {
     "metrics/case.py:case_metrics",
     "networks/resunet.py:_validate",
     "networks/resunet.py:__init__",
-    "training/validation.py:sliding_window_logits",
-    "training/validation.py:validate",
 }
 
 

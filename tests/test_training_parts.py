@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from medresunet.inference.sliding import _pad_to_window, sliding_window_logits
+from medresunet.metrics.case import dice_per_label
 from medresunet.training.loss import SegmentationLoss, deep_supervision_weights
 from medresunet.training.schedule import (
     load_scheduler_state,
@@ -17,7 +19,7 @@ from medresunet.training.schedule import (
     scheduler_state,
 )
 from medresunet.training.state import capture_rng, epoch_seed, restore_rng
-from medresunet.training.validation import dice_per_label, pad_to_window, sliding_window_logits
+from medresunet.training.validation import Window, validate
 
 
 @pytest.mark.parametrize("kind", ["poly", "cosine", "constant"])
@@ -76,20 +78,42 @@ def test_dice_and_padding():
     ref[:2] = 1
     pred = torch.zeros_like(ref)
     pred[:1] = 1
-    d = dice_per_label(pred, ref, {"background": 0, "a": 1, "b": 2})
+    d = dice_per_label(pred.numpy(), ref.numpy(), {"background": 0, "a": 1, "b": 2})
     assert d["a"] == pytest.approx(2 * 4 / 12) and math.isnan(d["b"])
     image = torch.zeros(1, 2, 3, 5)
-    padded, crop = pad_to_window(image, (6, 4), [-1.0, -2.0])
+    padded, crop = _pad_to_window(image, (6, 4), [-1.0, -2.0])
     assert padded.shape == (1, 2, 6, 5)
     assert padded[0, 0, 0, 0] == -1.0 and padded[0, 1, 0, 0] == -2.0
-    assert torch.equal(padded[tuple(crop)], image)
+    assert torch.equal(padded[(slice(None), slice(None), *crop)], image)
 
 
 def test_sliding_window_2d_model_over_volume():
     net = torch.nn.Conv2d(1, 2, 1)
     vol = torch.randn(1, 1, 10, 9, 3)
-    out = sliding_window_logits(net, vol, (8, 8), 2, 0.25, [0.0], torch.device("cpu"))
+    out = sliding_window_logits(vol, net, (8, 8), network_dims=2, overlap=0.25, cval=[0.0], device=torch.device("cpu"))
     assert out.shape == (1, 2, 10, 9, 3)
     with torch.no_grad():
         ref = torch.stack([net(vol[..., k]) for k in range(3)], -1)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_validation_uses_the_inference_window_and_the_report_dice():
+    import medresunet.inference.sliding as sliding
+    import medresunet.metrics.case as case
+    import medresunet.training.validation as validation
+
+    assert validation.sliding_window_logits is sliding.sliding_window_logits  # one sliding window
+    assert validation.dice_per_label is case.dice_per_label  # one Dice
+
+    class Threshold(torch.nn.Module):  # logits (background, foreground) of image > 0.5
+        def forward(self, x):
+            return torch.cat([0.5 - x, x - 0.5], 1) * 10
+
+    label = torch.zeros(1, 12, 10, 3, dtype=torch.long)
+    label[:, 3:9, 2:7] = 1
+    volumes = [{"image": label.float(), "label": label}]
+    for dims, patch in ((3, (8, 8, 4)), (2, (8, 8))):
+        res = validate(Threshold(), volumes, {"background": 0, "fg": 1, "absent": 2},
+                       Window(patch, dims, overlap=0.25, sw_batch_size=1), [0.0], torch.device("cpu"))
+        assert res["dice"]["fg"] == pytest.approx(1.0) and math.isnan(res["dice"]["absent"])
+        assert res["n_cases"] == 1 and res["dice_mean"] == pytest.approx(1.0)

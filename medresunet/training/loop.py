@@ -57,7 +57,7 @@ from medresunet.training.run_state import (
     resume_state,
 )
 from medresunet.training.state import epoch_seed, seed_everything
-from medresunet.training.validation import validate
+from medresunet.training.validation import Window, validate
 
 __all__ = ["ModelInfo", "TrainData", "TrainOptions", "TrainResult", "TrainState", "steps_per_epoch", "train"]
 
@@ -295,9 +295,9 @@ def validate_epoch(run: _Run, state: TrainState, last: bool) -> dict[str, Any] |
     """
     tc, val = run.config.train, None
     if run.main and run.data.val is not None and len(run.data.val) > 0 and (state.epoch % tc.val_interval == 0 or last):
-        val = validate(state.core, run.data.val, run.info.labels, run.config.data.patch_size,
-                       run.config.model.spatial_dims, tc.val_overlap, run.data.background, run.device,
-                       state.precision, sw_batch_size=max(1, run.config.infer.sw_batch_size))
+        window = Window(run.config.data.patch_size, run.config.model.spatial_dims, tc.val_overlap,
+                        max(1, run.config.infer.sw_batch_size), state.precision)
+        val = validate(state.core, run.data.val, run.info.labels, window, run.data.background, run.device)
         if not math.isnan(val["dice_mean"]) and val["dice_mean"] > state.best_metric:
             state.best_metric, state.best_epoch = val["dice_mean"], state.epoch
             save_checkpoint(run.run_dir / "best.pt", checkpoint_payload(state, run.info, run.config))
