@@ -13,10 +13,10 @@ from medresunet.data.preprocessing import ChannelNorm, Preprocessing
 from medresunet.data.transforms import (
     background_value,
     inference_transforms,
-    invert_prediction,
     preprocess_transforms,
     train_transforms,
 )
+from medresunet.inference.resample_back import invert_with_monai
 from tests.synthetic import ellipsoid, make_affine, sphere_phantom, write_nifti
 
 CT = ChannelNorm("ct", clip=(-150.0, 250.0), mean=50.0, std=100.0)
@@ -142,7 +142,7 @@ def test_inference_transforms_invert_to_original_grid(tmp_path, kind, spacing, m
     inv = Invertd("pred", transform=infer, orig_keys="image", nearest_interp=False)(
         {"image": out["image"], "pred": onehot})
     # the helper gives the same, also from a plain tensor (Invertd alone would skip it)
-    helper = invert_prediction(infer, out["image"], onehot.as_tensor())
+    helper = invert_with_monai(infer, out["image"], onehot.as_tensor())
     np.testing.assert_allclose(helper.numpy(), inv["pred"].numpy())
     back = inv["pred"].argmax(0).numpy()
     assert back.shape == SHAPE
@@ -161,6 +161,6 @@ def test_2d_file_round_trip(tmp_path):
     assert out["image"].ndim == 3 and out["image"].shape[1:] != (30, 28)      # cropped
     fg_pre = out["image"][0] > background_value(prep, 0, out["image"]) / 2      # halfway to tissue
     pred = torch.stack([~fg_pre, fg_pre]).float().as_tensor()
-    back = invert_prediction(infer, out["image"], pred, nearest=True)
+    back = invert_with_monai(infer, out["image"], pred, nearest=True)
     assert tuple(back.shape) == (2, 30, 28)
     assert _dice(back.argmax(0).numpy(), fg.astype(int), 1) > 0.9

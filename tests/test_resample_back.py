@@ -12,6 +12,7 @@ from medresunet.inference.resample_back import (
     argmax_classes,
     axis_maps,
     interpolation_matrix,
+    invert_with_monai,
     plan_from_image,
     resample_to_scan,
 )
@@ -31,7 +32,7 @@ def _both(path, spacing, crop, return_probabilities=True):
     scan = predictor.load([path])
     image = scan.data["image"]
     probs = _scores(tuple(image.shape[1:]))
-    reference = predictor._invert(scan.data, probs, scan.transforms).numpy()
+    reference = torch.as_tensor(invert_with_monai(scan.transforms, image, probs)).float().numpy()
     plan = plan_from_image(image)
     assert plan is not None, image.applied_operations
     labels, full = resample_to_scan(probs, plan, return_probabilities, slab=5)
@@ -111,7 +112,30 @@ def test_predictor_takes_the_slab_path_for_3d_scans(tmp_path, monkeypatch):
     def no_invertd(*args, **kwargs):
         raise AssertionError("Invertd used for a 3D scan")
 
-    monkeypatch.setattr(predictor, "_invert", no_invertd)
+    monkeypatch.setattr("medresunet.inference.resample_back.invert_with_monai", no_invertd)
     labels = predictor.predict([path])
     assert labels.shape == mask.shape
     assert 2 * (labels.astype(bool) & mask).sum() / (labels.sum() + mask.sum()) > 0.9
+
+
+def test_one_inverse_fast_path_or_invertd_fallback(tmp_path, monkeypatch):
+    """invert_to_scan is the only inverse: slabs for the 3D scan, Invertd for the 2D one."""
+    import medresunet.data.transforms as transforms
+    import medresunet.inference.resample_back as rb
+
+    assert not hasattr(Predictor, "_invert") and not hasattr(transforms, "invert_prediction")
+    used = []
+    real = rb.invert_with_monai
+    monkeypatch.setattr(rb, "invert_with_monai", lambda *a, **k: used.append(1) or real(*a, **k))
+    for shape, dims in (((23, 19, 11), 3), ((24, 20), 2)):
+        path = write_nifti(tmp_path / f"x{dims}.nii.gz", np.where(structure(shape), 500.0, -1000.0).astype(np.float32),
+                           make_affine("lps", (0.7, 0.9, 1.0)))
+        spacing = (1.0, 1.0, 1.0) if dims == 3 else (0.7, 0.9, 1.0)
+        predictor = Predictor(checkpoint(preprocessing(spacing=spacing, scheme="ct", dims=dims)), device="cpu",
+                              model=torch.nn.Identity())
+        scan = predictor.load([path])
+        probs = _scores(tuple(scan.data["image"].shape[1:])) if dims == 3 else \
+            torch.softmax(torch.randn(3, *scan.data["image"].shape[1:]), 0)
+        labels, full = rb.invert_to_scan(probs, scan.data["image"], scan.transforms, shape, True)
+        assert labels.shape == shape and full.shape == (3, *shape)
+        assert len(used) == (0 if dims == 3 else 1)

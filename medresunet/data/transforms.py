@@ -230,33 +230,3 @@ def inference_transforms(prep: Preprocessing, series_uid: str | None = None):
     from monai.transforms import Compose
 
     return Compose(preprocess_transforms(prep, (IMAGE,), series_uid=series_uid))
-
-
-def invert_prediction(transform, image: torch.Tensor, pred: torch.Tensor, nearest: bool = False) -> torch.Tensor:
-    """Map ``pred`` ``(K, *spatial)`` on the preprocessed grid back to the scan's own grid.
-
-    A thin wrapper over ``monai.transforms.Invertd`` that avoids its silent no-op: a
-    plain tensor ``pred`` is wrapped in a MetaTensor first (Invertd skips plain tensors
-    with only a warning when no ``image_transforms`` key exists).
-
-    Args:
-        transform: the very ``Compose`` from :func:`inference_transforms` that made ``image``.
-        image: the preprocessed image MetaTensor ``(C, *spatial)`` (its
-            ``applied_operations`` are read, not consumed).
-        pred: logits, probabilities or one-hot ``(K, *spatial)`` on the preprocessed grid.
-        nearest: nearest-neighbour resampling (for label maps); else each transform's
-            own mode (bilinear for the image), right for probabilities.
-
-    Returns:
-        MetaTensor ``(K, *original_spatial)`` with the scan's affine.
-    """
-    from monai.data import MetaTensor
-    from monai.transforms import Invertd
-
-    if tuple(pred.shape[1:]) != tuple(image.shape[1:]):
-        raise ValueError(f"invert_prediction: prediction spatial shape {tuple(pred.shape[1:])} differs "
-                         f"from the preprocessed image {tuple(image.shape[1:])}")
-    pred = pred if isinstance(pred, MetaTensor) else MetaTensor(pred)
-    out = Invertd("pred", transform=transform, orig_keys=IMAGE, nearest_interp=nearest)(
-        {IMAGE: image, "pred": pred})
-    return out["pred"]

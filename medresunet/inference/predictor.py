@@ -27,7 +27,7 @@ import torch
 
 from medresunet.errors import CheckpointError, ScanError
 from medresunet.inference.postprocess import postprocess
-from medresunet.inference.resample_back import argmax_classes, plan_from_image, resample_to_scan
+from medresunet.inference.resample_back import invert_to_scan
 from medresunet.inference.sliding import STITCH_DEVICES, sliding_window_logits
 from medresunet.inference.tta import predict_probabilities, tta_axes
 
@@ -282,18 +282,6 @@ class Predictor:
         probs = predict_probabilities(lambda x: self._logits(x, cval), batch, axes)
         return probs[0].cpu()
 
-    def _invert(self, data: dict[str, Any], probs: torch.Tensor, transforms: Any) -> torch.Tensor:
-        """Undo the recorded preprocessing on ``probs (K, *spatial)`` -> original grid."""
-        from monai.data import MetaTensor
-        from monai.transforms import Invertd
-
-        image = data["image"]
-        pred = MetaTensor(probs, meta=dict(image.meta))
-        inverter = Invertd(keys="pred", transform=transforms, orig_keys="image",
-                           nearest_interp=False, to_tensor=True)
-        out = inverter({"image": image, "pred": pred})["pred"]
-        return torch.as_tensor(out).float()
-
     def predict_loaded(self, scan: LoadedScan, return_probabilities: bool = False) -> Prediction:
         """Predict a scan from :meth:`load`; labels on the scan's original grid."""
         times = {"load": scan.seconds}
@@ -302,22 +290,11 @@ class Predictor:
         probs = self.probabilities(scan.data["image"])
         times["network"] = time.perf_counter() - start
         start = time.perf_counter()
-        shape = tuple(scan.geometry.shape)
-        plan = plan_from_image(scan.data["image"])
-        if plan is not None and plan.scan_shape == shape:  # the usual 3D case: slab by slab
-            labels, full = resample_to_scan(probs, plan, return_probabilities)
-        else:  # anything else (2D scans, other operations): MONAI's generic inversion
-            probs = self._invert(scan.data, probs, scan.transforms or self.transforms())
-            if tuple(probs.shape[1:]) != shape:
-                if int(np.prod(probs.shape[1:])) == int(np.prod(shape)) and \
-                        [s for s in probs.shape[1:] if s != 1] == [s for s in shape if s != 1]:
-                    probs = probs.reshape(probs.shape[0], *shape)  # a 2D scan: drop the singleton axis
-                else:
-                    raise ScanError(f"{scan.paths[0]}: the inverted prediction has shape "
-                                    f"{tuple(probs.shape[1:])}, the scan {shape}; the preprocessing "
-                                    "could not be inverted")
-            labels = argmax_classes(probs)
-            full = probs.numpy() if return_probabilities else None
+        try:
+            labels, full = invert_to_scan(probs, scan.data["image"], scan.transforms or self.transforms(),
+                                          tuple(scan.geometry.shape), return_probabilities)
+        except ValueError as err:
+            raise ScanError(f"{scan.paths[0]}: {err}") from err
         times["invert"] = time.perf_counter() - start
         if self.largest_component or self.min_component_ml > 0:
             start = time.perf_counter()

@@ -1,4 +1,8 @@
-"""Probabilities on the preprocessed grid -> labels (and probabilities) on the scan's grid, in slabs.
+"""The one inverse of the preprocessing: probabilities on the preprocessed grid -> the scan's grid.
+
+:func:`invert_to_scan` is the entry point: the slab-wise separable resampling below when the
+recorded operations allow it (the fast path), else MONAI's ``Invertd``
+(:func:`invert_with_monai`, the fallback: 2D scans, other operations, oblique maps).
 
 The inference preprocessing (:func:`medresunet.data.transforms.preprocess_transforms`) is
 reorientation, resampling (``Spacing``: linear, border padding) and an optional foreground
@@ -17,8 +21,8 @@ probability array unless the caller asks for it.
 
 :func:`plan_from_image` reads the map from the preprocessed MetaTensor (its affine, the
 scan's ``original_affine`` and ``spatial_shape``, and the recorded operations); it returns
-``None`` for anything else (other operations, a non-axis-aligned map, 2D), and the caller
-falls back to ``Invertd``.
+``None`` for anything else (other operations, a non-axis-aligned map, 2D), and
+:func:`invert_to_scan` falls back to ``Invertd``.
 
 Conventions: voxel indices address voxel centres; out-of-grid positions take the value at
 the nearest edge of the resampled grid (``Spacing``'s border padding), and the region a
@@ -211,3 +215,68 @@ def resample_to_scan(probs: torch.Tensor, plan: ResamplePlan, return_probabiliti
         if full is not None:
             full[:, start:stop] = part.numpy()
     return labels, full
+
+
+def invert_with_monai(transform: Any, image: Any, pred: torch.Tensor, nearest: bool = False) -> Any:
+    """Map ``pred`` ``(K, *spatial)`` on the preprocessed grid back to the scan's grid with ``Invertd``.
+
+    A plain tensor ``pred`` is wrapped in a MetaTensor carrying the image's metadata first
+    (``Invertd`` skips plain tensors with only a warning).
+
+    Args:
+        transform: the very ``Compose`` (``data.transforms.inference_transforms``) that made ``image``.
+        image: the preprocessed image MetaTensor ``(C, *spatial)`` (its
+            ``applied_operations`` are read, not consumed).
+        pred: logits, probabilities or one-hot ``(K, *spatial)`` on the preprocessed grid.
+        nearest: nearest-neighbour resampling (for label maps); else each transform's
+            own mode (bilinear for the image), right for probabilities.
+
+    Returns:
+        MetaTensor ``(K, *original_spatial)`` with the scan's affine.
+
+    Raises:
+        ValueError: ``pred`` is not on the image's grid.
+    """
+    from monai.data import MetaTensor
+    from monai.transforms import Invertd
+
+    if tuple(pred.shape[1:]) != tuple(image.shape[1:]):
+        raise ValueError(f"prediction spatial shape {tuple(pred.shape[1:])} differs from the "
+                         f"preprocessed image {tuple(image.shape[1:])}")
+    if not isinstance(pred, MetaTensor):
+        pred = MetaTensor(pred, meta=dict(image.meta))
+    inverter = Invertd(keys="pred", transform=transform, orig_keys="image", nearest_interp=nearest,
+                       to_tensor=True)
+    return inverter({"image": image, "pred": pred})["pred"]
+
+
+def invert_to_scan(probs: torch.Tensor, image: Any, transform: Any, scan_shape: tuple[int, ...],
+                   return_probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels (and probabilities) on the scan's grid from probabilities on the preprocessed grid.
+
+    Args:
+        probs: ``(K, *spatial)`` float probabilities on the preprocessed grid (CPU).
+        image: the preprocessed image MetaTensor ``(C, *spatial)`` they belong to.
+        transform: the ``Compose`` that made ``image`` (for the ``Invertd`` fallback).
+        scan_shape: the scan's spatial shape (voxels), from the reader's geometry.
+        return_probabilities: also return ``(K, *scan_shape)`` float32 probabilities.
+
+    Returns:
+        ``(labels, probabilities or None)``; labels uint8 (uint16 above 256 classes).
+
+    Raises:
+        ValueError: the inverted prediction does not have the scan's shape.
+    """
+    plan = plan_from_image(image)
+    if plan is not None and plan.scan_shape == tuple(scan_shape):  # the usual 3D case: slab by slab
+        return resample_to_scan(probs, plan, return_probabilities)
+    out = torch.as_tensor(invert_with_monai(transform, image, probs)).float()
+    shape = tuple(scan_shape)
+    if tuple(out.shape[1:]) != shape:
+        if int(np.prod(out.shape[1:])) == int(np.prod(shape)) and \
+                [s for s in out.shape[1:] if s != 1] == [s for s in shape if s != 1]:
+            out = out.reshape(out.shape[0], *shape)  # a 2D scan: drop the singleton axis
+        else:
+            raise ValueError(f"the inverted prediction has shape {tuple(out.shape[1:])}, the scan "
+                             f"{shape}; the preprocessing could not be inverted")
+    return argmax_classes(out), (out.numpy() if return_probabilities else None)
