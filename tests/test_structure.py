@@ -23,6 +23,7 @@ KNOWN = {
     "inference/sliding.py:sliding_window_logits",
     "io/dicom_export.py:write_dicom_series",
     "metrics/case.py:case_metrics",
+    "networks/blocks.py:__init__",
     "networks/resunet.py:_validate",
     "networks/resunet.py:__init__",
 }
