@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from medresunet.inference.sliding import _pad_to_window, sliding_window_logits
-from medresunet.metrics.case import dice_per_label
+from medresunet.metrics.overlap import dice_per_label
 from medresunet.training.loss import SegmentationLoss, deep_supervision_weights
 from medresunet.training.schedule import (
     load_scheduler_state,
@@ -78,8 +78,8 @@ def test_dice_and_padding():
     ref[:2] = 1
     pred = torch.zeros_like(ref)
     pred[:1] = 1
-    d = dice_per_label(pred.numpy(), ref.numpy(), {"background": 0, "a": 1, "b": 2})
-    assert d["a"] == pytest.approx(2 * 4 / 12) and math.isnan(d["b"])
+    d = dice_per_label(pred.numpy(), ref.numpy(), [1, 2])
+    assert d[1] == pytest.approx(2 * 4 / 12) and math.isnan(d[2])
     image = torch.zeros(1, 2, 3, 5)
     padded, crop = _pad_to_window(image, (6, 4), [-1.0, -2.0])
     assert padded.shape == (1, 2, 6, 5)
@@ -99,11 +99,11 @@ def test_sliding_window_2d_model_over_volume():
 
 def test_validation_uses_the_inference_window_and_the_report_dice():
     import medresunet.inference.sliding as sliding
-    import medresunet.metrics.case as case
+    import medresunet.metrics.overlap as overlap
     import medresunet.training.validation as validation
 
     assert validation.sliding_window_logits is sliding.sliding_window_logits  # one sliding window
-    assert validation.dice_per_label is case.dice_per_label  # one Dice
+    assert validation.dice_per_label is overlap.dice_per_label  # one Dice
 
     class Threshold(torch.nn.Module):  # logits (background, foreground) of image > 0.5
         def forward(self, x):

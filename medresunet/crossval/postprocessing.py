@@ -24,6 +24,7 @@ Dice of every candidate follows without another pass (pure numpy + scipy, no IO)
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from scipy import ndimage
 
 from medresunet.errors import UsageError
 from medresunet.inference.postprocess import LabelRule, voxel_volume_ml
+from medresunet.metrics.overlap import dice_score
 
 FORMAT = "medresunet-postprocessing/1"
 MARGIN = 0.01  # the largest drop of one case's Dice a kept candidate may cause
@@ -79,10 +81,8 @@ def label_components(pred: np.ndarray, ref: np.ndarray, value: int,
 
 def dice_kept(c: LabelComponents, keep: np.ndarray) -> float:
     """Dice of the label when only the predicted components where ``keep`` is true remain."""
-    pred = int(c.pred_voxels[keep].sum())
-    if pred + c.ref_voxels == 0:
-        return 1.0  # both empty: see the module's convention
-    return 2.0 * float(c.overlap_voxels[keep].sum()) / (pred + c.ref_voxels)
+    dice = dice_score(int(c.overlap_voxels[keep].sum()), int(c.pred_voxels[keep].sum()), c.ref_voxels)
+    return 1.0 if math.isnan(dice) else dice  # both empty: see the module's convention
 
 
 def candidate_keep(c: LabelComponents, candidate: str, min_ml: float) -> np.ndarray:

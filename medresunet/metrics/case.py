@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from medresunet.metrics.overlap import dice_score
 from medresunet.metrics.surface import label_boxes, surface_distances, union_box
 
 STATUSES = ("ok", "both_empty", "missed", "false_positive")
@@ -44,31 +45,6 @@ def _as_label_array(array: np.ndarray, name: str) -> np.ndarray:
             raise ValueError(f"{name}: label volume holds non-integer values; expected integer labels")
         return rounded.astype(np.int32)
     raise ValueError(f"{name}: label volume of dtype {array.dtype}; expected integers")
-
-
-def dice_score(n_intersection: int, n_pred: int, n_ref: int) -> float:
-    """Dice from voxel counts: ``2 |P & R| / (|P| + |R|)``; NaN when both masks are empty."""
-    total = n_pred + n_ref
-    return float("nan") if total == 0 else 2.0 * n_intersection / total
-
-
-def dice_per_label(pred: np.ndarray, ref: np.ndarray, labels: Mapping[str, int]) -> dict[str, float]:
-    """Dice of each foreground label between two integer label volumes of one shape.
-
-    The ``dice`` column of :func:`case_metrics` without the other metrics (validation
-    during training uses it). A label absent from both gives NaN (left out of means).
-    """
-    pred = _as_label_array(pred, "prediction")
-    ref = _as_label_array(ref, "reference")
-    if pred.shape != ref.shape:
-        raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
-    out: dict[str, float] = {}
-    for name, value in labels.items():
-        if int(value) > 0:
-            p, r = pred == value, ref == value
-            out[str(name)] = dice_score(int(np.count_nonzero(p & r)), int(np.count_nonzero(p)),
-                                        int(np.count_nonzero(r)))
-    return out
 
 
 def image_diagonal_mm(shape: Sequence[int], spacing_mm: Sequence[float]) -> float:

@@ -1,7 +1,9 @@
-"""Dice per label from one pass over a label pair (the overlap metric alone, no distances).
+"""Dice, the one definition: from voxel counts, and per label from one pass over a label pair.
 
-The same values as :func:`medresunet.metrics.case.case_metrics`'s ``dice``: NaN where the
-label is in neither volume (``both_empty``), 0 where it is in one only.
+:func:`dice_score` is the formula (``case_metrics``' ``dice`` column uses it);
+:func:`dice_per_label` scores every label of a pair at once (training validation and model
+selection use it): NaN where the label is in neither volume (``both_empty``), 0 where it
+is in one only.
 """
 
 from __future__ import annotations
@@ -9,6 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+
+
+def dice_score(n_intersection: int, n_pred: int, n_ref: int) -> float:
+    """Dice from voxel counts: ``2 |P & R| / (|P| + |R|)``; NaN when both masks are empty."""
+    total = n_pred + n_ref
+    return float("nan") if total == 0 else 2.0 * n_intersection / total
 
 
 def dice_per_label(pred: np.ndarray, ref: np.ndarray, values: Iterable[int]) -> dict[int, float]:
@@ -31,6 +39,5 @@ def dice_per_label(pred: np.ndarray, ref: np.ndarray, values: Iterable[int]) -> 
                         minlength=n * n).reshape(n, n)  # [ref value, pred value]
     out = {}
     for v in values:
-        total = joint[v, :].sum() + joint[:, v].sum()
-        out[v] = float("nan") if total == 0 else 2.0 * float(joint[v, v]) / float(total)
+        out[v] = dice_score(int(joint[v, v]), int(joint[:, v].sum()), int(joint[v, :].sum()))
     return out

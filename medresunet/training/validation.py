@@ -3,7 +3,7 @@
 The logits come from :func:`medresunet.inference.sliding.sliding_window_logits`, the same
 Gaussian-weighted window (and CUDA fallback) that inference uses; a 2D (slice-wise) model
 validates on 3D volumes with a window of ``(H, W, 1)``. Dice is
-:func:`medresunet.metrics.case.dice_per_label`, the definition of the evaluation reports.
+:func:`medresunet.metrics.overlap.dice_per_label`, the definition of the evaluation reports.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from medresunet.inference.sliding import sliding_window_logits
-from medresunet.metrics.case import dice_per_label
+from medresunet.metrics.overlap import dice_per_label
 
 Background = Sequence[float] | Callable[[Any], Sequence[float]]
 """Per-channel padding values, or a function of the preprocessed image giving them."""
@@ -67,7 +67,8 @@ def validate(model: torch.nn.Module, volumes: Iterable[Mapping[str, Any]], label
     """
     was_training = model.training
     model.eval()
-    per_label: dict[str, list[float]] = {n: [] for n, v in labels.items() if v != 0}
+    values = {str(n): int(v) for n, v in labels.items() if v != 0}
+    per_label: dict[str, list[float]] = {n: [] for n in values}
     n = 0
     try:
         for item in volumes:
@@ -78,8 +79,9 @@ def validate(model: torch.nn.Module, volumes: Iterable[Mapping[str, Any]], label
                 image, model, window.patch_size, network_dims=window.network_dims, overlap=window.overlap,
                 sw_batch_size=window.sw_batch_size, cval=bg, device=device, precision=window.precision)
             pred = logits[0].argmax(0).cpu()
-            for name, value in dice_per_label(pred.numpy(), ref.cpu().numpy(), labels).items():
-                per_label[name].append(value)
+            scores = dice_per_label(pred.numpy(), ref.cpu().numpy(), values.values())
+            for name, value in values.items():
+                per_label[name].append(scores[value])
             n += 1
     finally:
         model.train(was_training)
