@@ -231,3 +231,27 @@ def test_cpu_predictor_runs_the_network_channels_last(dims):
         ref = net(x)
     assert got.is_contiguous()  # callers get NC(D)HW logits
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_load_takes_the_geometry_the_reader_returned(tmp_path, monkeypatch):
+    """One header parse per scan: the output geometry comes from the reader, not a second read."""
+    import medresunet.io.dicom as dicom
+    from tests.dicom_fixtures import write_dicom_series
+
+    affine = make_affine("oblique", (0.9, 0.8, 2.0))
+    image = np.where(structure(SHAPE), FG, BG).astype(np.float32)
+    nii = write_nifti(tmp_path / "scan.nii.gz", image, affine)
+    folder = tmp_path / "dicom"
+    write_dicom_series(folder, image, affine)
+    expected = {nii: read_geometry(nii), folder: read_geometry(folder)}
+    calls = []
+    real = dicom.series_geometry
+    monkeypatch.setattr(dicom, "series_geometry", lambda *a, **k: calls.append(1) or real(*a, **k))
+    predictor = Predictor(checkpoint(preprocessing((0.9, 0.8, 2.0))), device="cpu", model=Oracle(THRESHOLD))
+    for path, want in expected.items():
+        calls.clear()
+        got = predictor.load([path]).geometry
+        assert len(calls) == (1 if path == folder else 0)  # the DICOM headers are checked once
+        assert got.shape == want.shape and got.source == want.source
+        np.testing.assert_allclose(got.affine, want.affine, atol=1e-9)
+        assert (got.qform_code, got.sform_code) == (want.qform_code, want.sform_code)

@@ -5,8 +5,9 @@ Gaussian sliding-window logits -> softmax probabilities (averaged over flips wit
 the recorded preprocessing inverted on the probabilities (linear interpolation of
 probabilities, as nnU-Net resamples them: slab by slab with separable interpolation in
 :mod:`medresunet.inference.resample_back`, else MONAI ``Invertd``) -> argmax -> optional
-postprocessing. The result has exactly ``read_geometry(path).shape``; the writer takes the
-geometry from the input header, so only the array content depends on the inversion.
+postprocessing. The result has exactly the scan's shape; the writer takes the geometry
+that the reader returned (carried in the loaded image's metadata, not read again), so only
+the array content depends on the inversion.
 
 Loading (:meth:`Predictor.load`) and predicting (:meth:`Predictor.predict_loaded`) are separate
 steps so that a caller can preprocess the next scan in a thread while the current one runs.
@@ -203,7 +204,7 @@ class Predictor:
             ScanError: unreadable file, wrong channel count, wrong dimensionality, NaN voxels,
                 or a preprocessing failure; the message starts with the path.
         """
-        from medresunet.io import read_geometry
+        from medresunet.io.geometry import Geometry
 
         if isinstance(image_paths, (str, os.PathLike)):
             image_paths = [image_paths]
@@ -218,7 +219,6 @@ class Predictor:
                 f"({', '.join(self.input_channels)}), got {len(paths)} image(s); give one image per "
                 "channel (a manifest for multi-channel cases)")
         start = time.perf_counter()
-        geometry = read_geometry(first, series_uid)
         try:
             transforms = self.transforms(series_uid)
             data = transforms({"image": [str(p) for p in paths]})
@@ -229,6 +229,7 @@ class Predictor:
             reason = " ".join(str(err).split())[-300:]
             raise ScanError(f"{first}: preprocessing failed ({type(err).__name__}: {reason})") from err
         image = data["image"]
+        geometry = Geometry.from_meta(image.meta)  # what the reader returned: no second header read
         spatial = tuple(image.shape[1:])
         if image.ndim - 1 not in (2, 3) or image.shape[0] != n:
             raise ScanError(

@@ -2,7 +2,10 @@
 
 A :class:`Geometry` travels with every array read from disk, and a segmentation written
 with it overlays the scan in any viewer: same shape, same voxel -> world affine, and for
-NIfTI input the same qform/sform and codes.
+NIfTI input the same qform/sform and codes. It is the one round-trip type between reader
+and writer (nnU-Net's ``props``): ``read_volume`` returns it, ``write_segmentation`` takes
+it, and a scan loaded through MONAI carries it in its metadata (:meth:`Geometry.to_meta`,
+:meth:`Geometry.from_meta`), so the output geometry is never re-read from the header.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 SOURCES = ("nifti", "dicom", "itk")
+META_KEY = "medresunet_geometry"
+"""The MetaTensor metadata key under which a loaded scan carries its reader's Geometry."""
 
 # SimpleITK / DICOM describe the world in LPS; RAS = diag(-1, -1, 1) @ LPS.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -79,6 +84,25 @@ class Geometry:
     def same_grid(self, other: Geometry, atol: float = 1e-4) -> bool:
         """True if ``other`` has the same shape and (within ``atol`` mm) the same affine."""
         return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol))
+
+    def to_meta(self) -> dict:
+        """The geometry as plain values (lists, arrays, str, int) for a MetaTensor's metadata."""
+        return {"shape": list(self.shape), "affine": self.affine.copy(), "source": self.source,
+                "qform": None if self.qform is None else self.qform.copy(), "qform_code": self.qform_code,
+                "sform": None if self.sform is None else self.sform.copy(), "sform_code": self.sform_code}
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> Geometry:
+        """The reader's geometry from a loaded scan's metadata (``meta[META_KEY]``).
+
+        Raises:
+            KeyError: the metadata was not written by the project's readers.
+        """
+        values = dict(meta[META_KEY])
+        return cls(shape=tuple(int(s) for s in values["shape"]), affine=np.asarray(values["affine"]),
+                   source=str(values["source"]), qform=values.get("qform"),
+                   qform_code=int(values.get("qform_code", 0)), sform=values.get("sform"),
+                   sform_code=int(values.get("sform_code", 0)))
 
     def describe(self) -> str:
         """One line for messages: shape, spacing (mm) and origin (RAS mm)."""

@@ -8,7 +8,8 @@ Both readers delegate to :func:`medresunet.io.reading.read_volume`, so a scan lo
 * :class:`SimpleITKReader`: DICOM series folders, ``.nrrd``/``.nhdr``, ``.mha``/``.mhd`` via
   SimpleITK; LPS origin/direction converted to RAS; array in index order (i, j, k).
 
-``MetaTensor.affine`` is voxel -> RAS+ mm. A file that cannot be read raises
+``MetaTensor.affine`` is voxel -> RAS+ mm, and ``meta["medresunet_geometry"]`` the reader's
+whole :class:`~medresunet.io.Geometry` (``Geometry.from_meta``), what the writer needs. A file that cannot be read raises
 :class:`~medresunet.errors.ScanError` naming it (``LoadImaged`` itself lets it through;
 inside ``Compose`` MONAI wraps it in a RuntimeError whose ``__cause__`` is the ScanError).
 """
@@ -25,6 +26,7 @@ from monai.transforms import LoadImaged
 from monai.utils import ensure_tuple
 
 from medresunet.errors import ScanError
+from medresunet.io.geometry import META_KEY
 from medresunet.io.reading import read_volume, scan_kind
 
 _META_AFFINE = "affine"
@@ -58,6 +60,7 @@ class _ReadVolumeMixin:
             "original_channel_dim": float("nan"),
             "medresunet_source": first_geom.source,
             "filename_or_obj": str(first_path),
+            META_KEY: first_geom.to_meta(),  # the writer's geometry, as the reader found it
         }
         if len(items) == 1:
             return first_array, meta
