@@ -129,33 +129,6 @@ def test_stitch_device_choices_and_validation():
         sliding_window_logits(image, net, (8, 8, 4), network_dims=3, overlap=1.0)
 
 
-def test_cuda_oom_falls_back_to_cpu_stitching(monkeypatch):
-    import medresunet.inference.sliding as sliding
-
-    calls = []
-
-    def fake_swi(inputs, roi, sw_batch_size, predictor, **kw):
-        calls.append(kw["device"])
-        if kw["device"].type == "cuda":
-            raise torch.cuda.OutOfMemoryError("fake")
-        return predictor(inputs)
-
-    monkeypatch.setattr("monai.inferers.sliding_window_inference", fake_swi)
-    monkeypatch.setattr(sliding, "autocast", lambda device, precision: torch.autocast("cpu", enabled=False))
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    orig_to = torch.Tensor.to
-    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: self if a and str(a[0]).startswith("cuda") else orig_to(self, *a, **k))
-    image = _blob((8, 8, 4))
-    out = sliding_window_logits(image, Threshold(), (8, 8, 4), network_dims=3,
-                                device=torch.device("cuda:0"), stitch_device="auto")
-    assert [d.type for d in calls] == ["cuda", "cpu"]
-    assert out.shape == (1, 2, 8, 8, 4)
-    calls.clear()
-    with pytest.raises(torch.cuda.OutOfMemoryError):
-        sliding_window_logits(image, Threshold(), (8, 8, 4), network_dims=3,
-                              device=torch.device("cuda:0"), stitch_device="same")
-
-
 def test_flip_combinations():
     assert flip_combinations((2, 3)) == [(), (2,), (3,), (2, 3)]
     assert len(flip_combinations((2, 3, 4))) == 8

@@ -27,9 +27,10 @@ import numpy as np
 import torch
 
 from medresunet.errors import CheckpointError, ScanError
+from medresunet.inference import memory as mem
 from medresunet.inference.postprocess import postprocess
 from medresunet.inference.resample_back import invert_to_scan
-from medresunet.inference.sliding import STITCH_DEVICES, sliding_window_logits
+from medresunet.inference.sliding import fallback_for, sliding_window_logits
 from medresunet.inference.tta import predict_probabilities, tta_axes
 
 log = logging.getLogger(__name__)
@@ -59,12 +60,18 @@ class LoadedScan:
 
 @dataclass
 class Prediction:
-    """Labels ``(*geometry.shape)`` and optionally probabilities ``(K, *geometry.shape)``."""
+    """Labels ``(*geometry.shape)`` and optionally probabilities ``(K, *geometry.shape)``.
+
+    ``memory`` says how the scan ran: window batch, where the stitching buffer lived
+    (``host`` or the compute ``device``), its dtype, and the out-of-memory fallbacks this scan
+    took.
+    """
 
     labels: np.ndarray
     geometry: Any
     probabilities: np.ndarray | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
 
 
 def _scan_error(err: BaseException) -> ScanError | None:
@@ -76,6 +83,12 @@ def _scan_error(err: BaseException) -> ScanError | None:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work, so a timing covers it (no-op elsewhere)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _infer_defaults(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -101,6 +114,10 @@ class Predictor:
         tta: average over mirror flips (default: the checkpoint's).
         precision: ``auto|fp32|bf16|fp16`` (default: the checkpoint's; resolved per device).
         stitch_device: ``auto|cpu|same``, see :func:`sliding_window_logits`.
+        stitch_dtype: ``auto|fp32|fp16``: the stitching buffer's and flip accumulation's dtype
+            (``auto``: float16 on CUDA for large ``classes x voxels``).
+        memory: the out-of-memory fallback state (default: a new one for ``stitch_device``);
+            the Predictor keeps it across scans, so a fallback taken once holds for the batch.
         largest_component: keep the largest component per label (default: the checkpoint's).
         min_component_ml: drop components below this volume in mL (default: the checkpoint's).
         model: a network to use instead of the checkpoint's weights (tests, custom models);
@@ -115,7 +132,8 @@ class Predictor:
                  sw_batch_size: int | None = None, tta: bool | None = None,
                  precision: str | None = None, stitch_device: str = "auto",
                  largest_component: bool | None = None, min_component_ml: float | None = None,
-                 model: Any = None, progress: bool = False) -> None:
+                 model: Any = None, progress: bool = False, stitch_dtype: str = "auto",
+                 memory: mem.OomFallback | None = None) -> None:
         from medresunet.data.preprocessing import Preprocessing
         from medresunet.data.transforms import background_value, inference_transforms
         from medresunet.devices import resolve_device, resolve_precision
@@ -131,14 +149,14 @@ class Predictor:
                                   else bool(largest_component))
         self.min_component_ml = (defaults["min_component_ml"] if min_component_ml is None
                                  else float(min_component_ml))
-        if stitch_device not in STITCH_DEVICES:
-            raise ValueError(f"stitch_device: expected one of {STITCH_DEVICES}, got {stitch_device!r}")
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"overlap: expected a value in [0, 1), got {self.overlap}")
         if self.sw_batch_size < 1:
             raise ValueError(f"sw_batch_size: expected >= 1, got {self.sw_batch_size}")
         self.stitch_device = stitch_device
-        self._fell_back = False
+        self.memory = fallback_for(stitch_device, self.sw_batch_size, memory)
+        mem.stitch_dtype(stitch_dtype, 0, self.device)  # validates the choice
+        self.stitch_dtype = stitch_dtype
         self.progress = progress
         try:
             self.preprocessing = Preprocessing.from_dict(checkpoint["preprocessing"])
@@ -160,6 +178,8 @@ class Predictor:
                 model = model.to(memory_format=fmt)
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device).eval()
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # one window size: each shape is timed once
         self.model = model
         self._inference_transforms = inference_transforms
         self._background_value = background_value
@@ -257,19 +277,23 @@ class Predictor:
         return [float(self._background_value(self.preprocessing, c, image))
                 for c in range(len(self.input_channels))]
 
-    def _logits(self, image: torch.Tensor, cval: Sequence[float]) -> torch.Tensor:
-        """``(1, C, *spatial)`` -> ``(1, K, *spatial)`` logits on the stitching device."""
+    def _logits(self, image: torch.Tensor, cval: Sequence[float], plan: mem.MemoryPlan) -> torch.Tensor:
+        """``(1, C, *spatial)`` -> ``(1, K, *spatial)`` logits on the plan's stitching device."""
         squeeze = image.ndim - 2 == 2 and self.network_dims == 3
         if squeeze:
             image = image.unsqueeze(-1)
-        stitch = "cpu" if self._fell_back else self.stitch_device
         out = sliding_window_logits(
             image, self.model, self.patch_size, network_dims=self.network_dims, overlap=self.overlap,
-            sw_batch_size=self.sw_batch_size, cval=cval, device=self.device,
-            precision=self.precision, stitch_device=stitch, progress=self.progress)
-        if stitch == "auto" and self.device.type == "cuda" and out.device.type == "cpu":
-            self._fell_back = True  # the other flips of this scan start on the CPU
+            sw_batch_size=plan.sw_batch_size, cval=cval, device=self.device, precision=self.precision,
+            stitch_dtype=self.stitch_dtype, progress=self.progress, plan=plan)
         return out[..., 0] if squeeze else out
+
+    def _probabilities_on(self, image: torch.Tensor, plan: mem.MemoryPlan) -> torch.Tensor:
+        """``(K, *spatial)`` probabilities on the plan's device (float32 or float16): one attempt."""
+        cval = self.background(image)
+        batch = torch.as_tensor(image).as_subclass(torch.Tensor).float()[None]
+        axes = tta_axes(batch.ndim - 2, self.network_dims) if self.tta else ()
+        return predict_probabilities(lambda x: self._logits(x, cval, plan), batch, axes)[0]
 
     def probabilities(self, image: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities ``(K, *spatial)`` (CPU, float32) of a preprocessed image.
@@ -277,33 +301,55 @@ class Predictor:
         Args:
             image: ``(C, *spatial)`` preprocessed tensor.
         """
-        cval = self.background(image)
-        batch = torch.as_tensor(image).float()[None]
-        axes = tta_axes(batch.ndim - 2, self.network_dims) if self.tta else ()
-        probs = predict_probabilities(lambda x: self._logits(x, cval), batch, axes)
-        return probs[0].cpu()
+        n_voxels = int(np.prod(image.shape[1:]))
+        return mem.run_with_fallback(lambda plan: self._probabilities_on(image, plan).cpu().float(),
+                                     self.memory, n_voxels, self.device)
 
-    def predict_loaded(self, scan: LoadedScan, return_probabilities: bool = False) -> Prediction:
-        """Predict a scan from :meth:`load`; labels on the scan's original grid."""
-        times = {"load": scan.seconds}
-        self._fell_back = False
+    def _attempt(self, scan: LoadedScan, plan: mem.MemoryPlan,
+                 return_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+        """Network, softmax, flips, inversion and argmax of one scan under ``plan``."""
         start = time.perf_counter()
-        probs = self.probabilities(scan.data["image"])
-        times["network"] = time.perf_counter() - start
+        probs = self._probabilities_on(scan.data["image"], plan)
+        _synchronize(self.device)
+        network = time.perf_counter() - start
         start = time.perf_counter()
-        try:
+        try:  # on probs' device: the slab-wise path runs on the GPU too
             labels, full = invert_to_scan(probs, scan.data["image"], scan.transforms or self.transforms(),
                                           tuple(scan.geometry.shape), return_probabilities)
         except ValueError as err:
             raise ScanError(f"{scan.paths[0]}: {err}") from err
-        times["invert"] = time.perf_counter() - start
+        info = {"network": network, "invert": time.perf_counter() - start, "dtype": str(probs.dtype)}
+        return labels, full, info
+
+    def predict_loaded(self, scan: LoadedScan, return_probabilities: bool = False) -> Prediction:
+        """Predict a scan from :meth:`load`; labels on the scan's original grid.
+
+        Out of memory on the GPU, the scan is run again with a smaller window batch, then with
+        the stitching on the host (:mod:`medresunet.inference.memory`); the choice holds for
+        the following scans of this Predictor.
+        """
+        n_events = len(self.memory.events)
+        used: list[mem.MemoryPlan] = []
+
+        def attempt(plan: mem.MemoryPlan) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+            used.append(plan)
+            return self._attempt(scan, plan, return_probabilities)
+
+        n_voxels = int(np.prod(scan.data["image"].shape[1:]))
+        labels, full, info = mem.run_with_fallback(attempt, self.memory, n_voxels, self.device,
+                                                   scan.paths[0].name)
+        times = {"load": scan.seconds, "network": info["network"], "invert": info["invert"]}
+        memory = {"sw_batch_size": used[-1].sw_batch_size,
+                  "stitching": "host" if used[-1].on_host else "device",
+                  "stitch_dtype": info["dtype"].replace("torch.", ""),
+                  "fallbacks": self.memory.events[n_events:]}
         if self.largest_component or self.min_component_ml > 0:
             start = time.perf_counter()
             spacing = tuple(float(s) for s in np.linalg.norm(scan.geometry.affine[:3, :3], axis=0))
             labels = postprocess(labels, spacing, largest_component=self.largest_component,
                                  min_component_ml=self.min_component_ml)
             times["postprocess"] = time.perf_counter() - start
-        return Prediction(labels, scan.geometry, full, times)
+        return Prediction(labels, scan.geometry, full, times, memory)
 
     def predict(self, image_paths: Sequence[PathLike] | PathLike, series_uid: str | None = None,
                 return_probabilities: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:

@@ -129,22 +129,32 @@ def plan_from_image(image: Any) -> ResamplePlan | None:
     return ResamplePlan(maps, scan_shape, tuple(grid_shape), tuple(crop_start))
 
 
-def argmax_classes(scores: torch.Tensor) -> np.ndarray:
-    """``argmax`` over the class axis of ``(K, *spatial)`` scores, as uint8 (uint16 above 256).
+def argmax_labels(scores: torch.Tensor) -> torch.Tensor:
+    """``argmax`` over the class axis of ``(K, *spatial)`` scores, on their device.
 
-    Ties go to the lowest class, as ``torch.argmax``. A running maximum over the K class
-    volumes: ``torch.argmax(dim=0)`` reduces across the slowest axis and is about 15x
-    slower on the CPU (0.13 s against 9 ms for 3 x 16 x 512 x 200).
+    uint8 up to 256 classes, else int32. Ties go to the lowest class, as ``torch.argmax``. A
+    running maximum over the K class volumes: ``torch.argmax(dim=0)`` reduces across the
+    slowest axis and is about 15x slower on the CPU (0.13 s against 9 ms for 3 x 16 x 512 x 200).
     """
     k = int(scores.shape[0])
     dtype = torch.uint8 if k <= 256 else torch.int32
     best = scores[0].clone()
-    index = torch.zeros(scores.shape[1:], dtype=dtype)
+    index = torch.zeros(scores.shape[1:], dtype=dtype, device=scores.device)
     for c in range(1, k):
         index.masked_fill_(scores[c] > best, c)
         torch.maximum(best, scores[c], out=best)
-    out = index.numpy()
-    return out if k <= 256 else out.astype(np.uint16)
+    return index
+
+
+def _labels_array(index: torch.Tensor) -> np.ndarray:
+    """Labels on the host: uint8, or uint16 above 256 classes (one transfer)."""
+    out = index.cpu().numpy()
+    return out if out.dtype == np.uint8 else out.astype(np.uint16)
+
+
+def argmax_classes(scores: torch.Tensor) -> np.ndarray:
+    """:func:`argmax_labels` as a host array: uint8 (uint16 above 256 classes)."""
+    return _labels_array(argmax_labels(scores))
 
 
 def interpolation_matrix(m: AxisMap, n_out: int, n_src: int) -> torch.Tensor:
@@ -168,53 +178,66 @@ def interpolation_matrix(m: AxisMap, n_out: int, n_src: int) -> torch.Tensor:
     return torch.from_numpy(mat.astype(np.float32))
 
 
+def _grid_in_scan_order(probs: torch.Tensor, plan: ResamplePlan) -> torch.Tensor:
+    """The uncropped grid, axes in scan order (axis ``d + 1`` is the one scan axis ``d`` reads).
+
+    One copy of ``probs`` (its dtype and device): the crop's complement holds zero
+    probability for every class (label 0), as ``Invertd`` pads.
+    """
+    perm = tuple(m.source for m in plan.axes)
+    grid = torch.zeros((int(probs.shape[0]), *(plan.grid_shape[s] for s in perm)), dtype=probs.dtype,
+                       device=probs.device)
+    region = tuple(slice(plan.crop_start[s], plan.crop_start[s] + int(probs.shape[1 + s])) for s in perm)
+    grid[(slice(None), *region)] = probs.permute(0, *(1 + s for s in perm))
+    return grid
+
+
 def resample_to_scan(probs: torch.Tensor, plan: ResamplePlan, return_probabilities: bool = False,
                      slab: int = SLAB) -> tuple[np.ndarray, np.ndarray | None]:
     """Labels (argmax) and optionally probabilities of ``probs`` on the scan's grid.
 
+    Runs where ``probs`` is (a GPU too: one small matrix product per slab and axis, the
+    argmax per slab there, and the labels cross to the host once, as uint8); a float16
+    ``probs`` stays float16 until each slab is interpolated in float32.
+
     Args:
-        probs: ``(K, *cropped grid)`` float probabilities on the preprocessed grid (CPU).
+        probs: ``(K, *cropped grid)`` float probabilities on the preprocessed grid, any device.
         plan: from :func:`plan_from_image` for the image these probabilities belong to.
-        return_probabilities: also return ``(K, *scan_shape)`` float32 probabilities.
+        return_probabilities: also return ``(K, *scan_shape)`` float32 probabilities (host).
         slab: scan slices (first axis) resampled at a time.
 
     Returns:
         ``(labels, probabilities or None)``; labels uint8 (uint16 above 256 classes).
     """
-    probs = torch.as_tensor(probs).float().cpu()
+    probs = torch.as_tensor(probs)
+    if not probs.is_floating_point():
+        probs = probs.float()
+    device = probs.device
     k = int(probs.shape[0])
-    if any(plan.crop_start) or tuple(probs.shape[1:]) != plan.grid_shape:
-        # the crop's complement: zero probability for every class (label 0), as Invertd pads
-        pad: list[int] = []
-        for d in reversed(range(3)):
-            before = plan.crop_start[d]
-            pad += [before, plan.grid_shape[d] - before - int(probs.shape[1 + d])]
-        probs = torch.nn.functional.pad(probs, pad)
-    # the grid with its axes in scan order (axis d + 1 is the one scan axis d reads)
-    grid = probs.permute(0, *(1 + m.source for m in plan.axes)).contiguous()
+    grid = _grid_in_scan_order(probs, plan)
     (nx, ny, nz), (_, sy, sz) = plan.scan_shape, tuple(int(s) for s in grid.shape[1:])
     wx, wy, wz = (interpolation_matrix(m, n, int(grid.shape[1 + d])) for d, (m, n) in
                   enumerate(zip(plan.axes, plan.scan_shape, strict=True)))
-    wz_t = wz.t().contiguous()
+    wx_dev, wy, wz_t = wx.to(device), wy.to(device), wz.t().contiguous().to(device)
     z_first = sy * sz * nz + ny * sy * nz < ny * sy * sz + ny * sz * nz  # fewer multiply-adds
-    labels = np.empty(plan.scan_shape, dtype=np.uint8 if k <= 256 else np.uint16)
+    labels = torch.empty(plan.scan_shape, dtype=torch.uint8 if k <= 256 else torch.int32, device=device)
     full = np.empty((k, *plan.scan_shape), dtype=np.float32) if return_probabilities else None
     for start in range(0, nx, slab):
         stop = min(start + slab, nx)
-        rows = wx[start:stop]
-        used = torch.nonzero(rows.abs().sum(0)).flatten()
+        used = torch.nonzero(wx[start:stop].abs().sum(0)).flatten()  # on the host: no sync
         c0, c1 = int(used[0]), int(used[-1]) + 1  # the grid slices this slab reads
-        part = rows[:, c0:c1] @ grid[:, c0:c1].reshape(k, c1 - c0, sy * sz)  # (K, n, sy*sz)
+        block = grid[:, c0:c1].float().reshape(k, c1 - c0, sy * sz)
+        part = wx_dev[start:stop, c0:c1] @ block  # (K, n, sy*sz)
         part = part.reshape(k * (stop - start), sy, sz)
         if z_first:
             part = wy @ (part @ wz_t)
         else:
             part = (wy @ part) @ wz_t
         part = part.reshape(k, stop - start, ny, nz)
-        labels[start:stop] = argmax_classes(part)
+        labels[start:stop] = argmax_labels(part)
         if full is not None:
-            full[:, start:stop] = part.numpy()
-    return labels, full
+            full[:, start:stop] = part.cpu().numpy()
+    return _labels_array(labels), full
 
 
 def invert_with_monai(transform: Any, image: Any, pred: torch.Tensor, nearest: bool = False) -> Any:
@@ -255,7 +278,8 @@ def invert_to_scan(probs: torch.Tensor, image: Any, transform: Any, scan_shape: 
     """Labels (and probabilities) on the scan's grid from probabilities on the preprocessed grid.
 
     Args:
-        probs: ``(K, *spatial)`` float probabilities on the preprocessed grid (CPU).
+        probs: ``(K, *spatial)`` float probabilities on the preprocessed grid, any device (the
+            slab-wise path runs there; ``Invertd`` on the host).
         image: the preprocessed image MetaTensor ``(C, *spatial)`` they belong to.
         transform: the ``Compose`` that made ``image`` (for the ``Invertd`` fallback).
         scan_shape: the scan's spatial shape (voxels), from the reader's geometry.
@@ -270,7 +294,7 @@ def invert_to_scan(probs: torch.Tensor, image: Any, transform: Any, scan_shape: 
     plan = plan_from_image(image)
     if plan is not None and plan.scan_shape == tuple(scan_shape):  # the usual 3D case: slab by slab
         return resample_to_scan(probs, plan, return_probabilities)
-    out = torch.as_tensor(invert_with_monai(transform, image, probs)).float()
+    out = torch.as_tensor(invert_with_monai(transform, image, probs.cpu().float())).float()
     shape = tuple(scan_shape)
     if tuple(out.shape[1:]) != shape:
         if int(np.prod(out.shape[1:])) == int(np.prod(shape)) and \

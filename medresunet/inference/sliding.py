@@ -1,16 +1,21 @@
 """Sliding-window inference: Gaussian-weighted patches stitched into a whole-volume output.
 
-The core of prediction, with no file IO. It wraps MONAI's ``sliding_window_inference`` and adds
-what a segmentation tool needs around it:
+The core of prediction, with no file IO. The windows and their weights are MONAI's
+(``dense_patch_slices`` at MONAI's scan interval, ``compute_importance_map``); the stitching
+loop is ours because where its buffer lives, in which dtype, and what happens when CUDA runs
+out of memory decide whether a large scan fits on a GPU (MONAI's ``sliding_window_inference``
+allocates the buffer inside, in the input's dtype, out of reach of a fallback). Around it:
 
 * padding with the *normalised background* of each channel (``cval``), never 0, when the image
   is smaller than a window (after z-scoring, 0 is mean tissue intensity);
 * a 2D network run slice by slice over a 3D volume (windows of ``(H, W, 1)`` whose last axis is
   squeezed before the network and restored after);
-* autocast (fp16 on CUDA, bf16 on CPU) through :func:`medresunet.devices.autocast`, the stitching
-  buffer always float32;
-* a choice of where the stitching buffer lives: ``same`` (the compute device), ``cpu``, or
-  ``auto`` (the compute device, falling back to the CPU when CUDA runs out of memory).
+* autocast (fp16 on CUDA, bf16 on CPU) through :func:`medresunet.devices.autocast`;
+* the stitching buffer in float32, or float16 on CUDA when ``classes x voxels`` is large
+  (:func:`medresunet.inference.memory.stitch_dtype`); the weight sum stays float32;
+* where the buffer lives: ``same`` (the compute device), ``cpu``, or ``auto`` (the compute
+  device, with the out-of-memory fallback of :mod:`medresunet.inference.memory`: a smaller
+  window batch, then the buffer on the CPU).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from medresunet.devices import autocast
+from medresunet.inference import memory as mem
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +91,92 @@ def _pad_to_window(image: torch.Tensor, roi: Sequence[int],
     return torch.cat(channels, dim=1), crop
 
 
+def scan_interval(spatial: Sequence[int], roi: Sequence[int], overlap: float) -> tuple[int, ...]:
+    """Window starts' step per axis, MONAI's rule: ``int(roi * (1 - overlap))``, at least 1,
+    and one window along an axis the window fills."""
+    out = []
+    for size, r in zip(spatial, roi, strict=True):
+        out.append(int(r) if int(r) == int(size) else max(1, int(r * (1.0 - overlap))))
+    return tuple(out)
+
+
+def fallback_for(stitch_device: str, sw_batch_size: int,
+                 memory: mem.OomFallback | None = None) -> mem.OomFallback:
+    """The out-of-memory state for a ``stitch_device`` choice (``memory`` if given)."""
+    if stitch_device not in STITCH_DEVICES:
+        raise ValueError(f"stitch_device: expected one of {STITCH_DEVICES}, got {stitch_device!r}")
+    if memory is not None:
+        return memory
+    return mem.OomFallback(sw_batch_size=sw_batch_size, on_host=stitch_device == "cpu",
+                           enabled=stitch_device == "auto")
+
+
+def stitch_windows(
+    padded: torch.Tensor,
+    predictor: Callable[[torch.Tensor], torch.Tensor],
+    roi: Sequence[int],
+    *,
+    plan: mem.MemoryPlan,
+    device: torch.device,
+    overlap: float,
+    sigma_scale: float = 0.125,
+    dtype: str = "fp32",
+    progress: bool = False,
+) -> torch.Tensor:
+    """One attempt: every window of ``padded`` through ``predictor``, blended under ``plan``.
+
+    Args:
+        padded: ``(B, C, *spatial)`` image at least ``roi`` large on every axis.
+        predictor: ``(n, C, *roi)`` on ``device`` -> ``(n, K, *roi)`` float32 logits.
+        roi: the window (voxels).
+        plan: window batch and where the buffer lives (``on_host``: the CPU).
+        device: where the windows run.
+        overlap: fraction of a window shared with its neighbour.
+        sigma_scale: Gaussian sigma as a fraction of the window.
+        dtype: ``auto|fp32|fp16`` for the buffer, see :func:`medresunet.inference.memory.stitch_dtype`.
+        progress: a progress bar over the window batches.
+
+    Returns:
+        ``(B, K, *spatial)`` Gaussian-weighted mean logits on the buffer's device, float32 or
+        float16.
+    """
+    from monai.data.utils import compute_importance_map, dense_patch_slices
+    from tqdm.auto import tqdm
+
+    spatial = tuple(int(s) for s in padded.shape[2:])
+    out_device = torch.device("cpu") if plan.on_host else device
+    source = padded if plan.on_host else padded.to(device)
+    slices = dense_patch_slices(spatial, roi, scan_interval(spatial, roi, overlap))
+    windows = [(b, sl) for b in range(padded.shape[0]) for sl in slices]
+    weight = compute_importance_map(tuple(roi), mode="gaussian", sigma_scale=sigma_scale,
+                                    device=device, dtype=torch.float32)
+    weight_out = weight.to(out_device)
+    buffer: torch.Tensor | None = None
+    count = mem.allocate((1, 1, *spatial), torch.float32, out_device, mem.BUFFER)
+    starts = range(0, len(windows), plan.sw_batch_size)
+    for i in tqdm(starts, disable=not progress, desc="windows", unit="batch", leave=False):
+        group = windows[i:i + plan.sw_batch_size]
+        batch = torch.cat([source[(slice(b, b + 1), slice(None), *sl)] for b, sl in group]).to(device)
+        try:
+            logits = predictor(batch)
+        except RuntimeError as err:
+            mem.mark_stage(err, mem.FORWARD)
+            raise
+        del batch
+        logits.mul_(weight)
+        if buffer is None:
+            kind = mem.stitch_dtype(dtype, int(logits.shape[1]) * count.numel(), device)
+            buffer = mem.allocate((padded.shape[0], logits.shape[1], *spatial), kind, out_device, mem.BUFFER)
+        part = logits.to(device=out_device, dtype=buffer.dtype)
+        del logits
+        for j, (b, sl) in enumerate(group):
+            buffer[(b, slice(None), *sl)] += part[j]
+            count[(0, slice(None), *sl)] += weight_out
+        del part
+    assert buffer is not None  # at least one window: padded >= roi on every axis
+    return buffer.div_(count)
+
+
 def sliding_window_logits(
     image: torch.Tensor,
     network: Callable[[torch.Tensor], torch.Tensor],
@@ -97,8 +189,11 @@ def sliding_window_logits(
     device: Any = None,
     precision: str = "fp32",
     stitch_device: str = "auto",
+    stitch_dtype: str = "fp32",
     sigma_scale: float = 0.125,
     progress: bool = False,
+    memory: mem.OomFallback | None = None,
+    plan: mem.MemoryPlan | None = None,
 ) -> torch.Tensor:
     """Whole-volume logits from Gaussian-weighted sliding windows.
 
@@ -109,21 +204,26 @@ def sliding_window_logits(
         patch_size: the network's window, ``network_dims`` values in voxels.
         network_dims: 2 or 3.
         overlap: fraction of a window shared with its neighbour, in ``[0, 1)``.
-        sw_batch_size: windows per network call.
+        sw_batch_size: windows per network call (the first attempt's).
         cval: padding value (the normalised background), one per channel or one for all.
         device: the compute device (``torch.device``); default the image's device.
         precision: resolved precision ``fp32|bf16|fp16`` (autocast around the network).
         stitch_device: where the output buffer lives: ``same`` (the compute device), ``cpu``,
-            or ``auto`` (the compute device; on CUDA out-of-memory, retried on the CPU).
+            or ``auto`` (the compute device, with the out-of-memory fallback).
+        stitch_dtype: ``fp32`` (default), ``fp16``, or ``auto`` (fp16 on CUDA for large
+            ``classes x voxels``).
         sigma_scale: Gaussian sigma as a fraction of the window size.
-        progress: show MONAI's window progress bar.
+        progress: show a progress bar over the windows.
+        memory: the fallback state to use and update (e.g. kept across scans); default a
+            fresh one for ``stitch_device``.
+        plan: run exactly this plan, without a fallback (the caller runs its own, around a
+            larger attempt).
 
     Returns:
-        ``(B, K, *spatial)`` float32 logits, on the stitching device, same spatial shape as
-        ``image``.
+        ``(B, K, *spatial)`` logits on the stitching device, float32 (float16 with a half
+        buffer), same spatial shape as ``image``.
     """
-    if stitch_device not in STITCH_DEVICES:
-        raise ValueError(f"stitch_device: expected one of {STITCH_DEVICES}, got {stitch_device!r}")
+    memory = fallback_for(stitch_device, sw_batch_size, memory)
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap: expected a value in [0, 1), got {overlap}")
     if sw_batch_size < 1:
@@ -136,8 +236,7 @@ def sliding_window_logits(
     if len(cvals) != n_channels:
         raise ValueError(f"cval has {len(cvals)} values; the image has {n_channels} channels")
 
-    image = torch.as_tensor(image).float()
-    padded, crop = _pad_to_window(image, roi, cvals)
+    padded, crop = _pad_to_window(torch.as_tensor(image).as_subclass(torch.Tensor).float(), roi, cvals)
     net: Callable[[torch.Tensor], torch.Tensor] = network
     if network_dims == 2 and image_dims == 3:
         net = _SliceWise(network)
@@ -149,28 +248,12 @@ def sliding_window_logits(
             out = out[0]
         return out.float()
 
-    def run(stitch: torch.device) -> torch.Tensor:
-        from monai.inferers import sliding_window_inference
-
-        inputs = padded.to(stitch if stitch.type == "cpu" else device)
+    def attempt(p: mem.MemoryPlan) -> torch.Tensor:
         with torch.inference_mode():
-            out = sliding_window_inference(
-                inputs, roi, sw_batch_size, predictor, overlap=overlap, mode="gaussian",
-                sigma_scale=sigma_scale, padding_mode="constant", cval=cvals[0],
-                sw_device=device, device=stitch, progress=progress,
-            )
-        out = torch.as_tensor(out)  # drop any MetaTensor wrapper
-        return out[(slice(None), slice(None), *crop)].float()
+            out = stitch_windows(padded, predictor, roi, plan=p, device=device, overlap=overlap,
+                                 sigma_scale=sigma_scale, dtype=stitch_dtype, progress=progress)
+        return out[(slice(None), slice(None), *crop)]
 
-    cpu = torch.device("cpu")
-    if stitch_device == "cpu":
-        return run(cpu)
-    if stitch_device == "same" or device.type != "cuda":
-        return run(device)
-    try:
-        return run(device)
-    except torch.cuda.OutOfMemoryError:
-        log.warning("CUDA out of memory while stitching on %s; retrying with the stitching "
-                    "buffer on the CPU (use --stitch-device cpu to start there)", device)
-        torch.cuda.empty_cache()
-        return run(cpu)
+    if plan is not None:
+        return attempt(plan)
+    return mem.run_with_fallback(attempt, memory, int(padded[0, 0].numel()), device, "sliding window")
