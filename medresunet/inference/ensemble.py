@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from medresunet.errors import CheckpointError
+from medresunet.inference.memory import MemoryPlan
 from medresunet.inference.postprocess import LabelRule, apply_rules
 from medresunet.inference.predictor import LoadedScan, Prediction, Predictor
 
@@ -113,25 +114,25 @@ class Ensemble(Predictor):
         """The members' names (checkpoint files), in order."""
         return list(self.member_names)
 
-    def probabilities(self, image: torch.Tensor) -> torch.Tensor:
-        """Mean softmax probabilities ``(K, *spatial)`` (CPU, float32) over the members.
+    def _probabilities_on(self, image: torch.Tensor, plan: MemoryPlan) -> torch.Tensor:
+        """Mean softmax probabilities ``(K, *spatial)`` over the members, on the plan's device.
 
-        The first member's output becomes the running sum and each further member's is added
-        and freed before the next one runs.
+        One attempt of the out-of-memory fallback (every member under the same plan); the
+        first member's output becomes the running mean and each further member's is added
+        (divided by the number of members first, which keeps a float16 sum in ``[0, 1]``) and
+        freed before the next one runs.
         """
         total: torch.Tensor | None = None
-        fell_back = False
+        scale = 1.0 / len(self.members)
         for member in self.members:
-            member._fell_back = fell_back  # after a CUDA OOM, the rest of the scan stitches on the CPU
-            probs = member.probabilities(image)
-            fell_back = member._fell_back
+            probs = member._probabilities_on(image, plan)
             if total is None:
-                total = probs
+                total = probs.mul_(scale)
             else:
-                total.add_(probs)
+                total.add_(probs, alpha=scale)
             del probs
         assert total is not None  # check_members refuses an empty ensemble
-        return total.div_(len(self.members))
+        return total
 
     def predict_loaded(self, scan: LoadedScan, return_probabilities: bool = False) -> Prediction:
         """As :meth:`Predictor.predict_loaded`, then the per-label rules (if any)."""

@@ -249,7 +249,8 @@ def sliding_window_logits(
         return out.float()
 
     def attempt(p: mem.MemoryPlan) -> torch.Tensor:
-        with torch.inference_mode():
+        # no_grad, not inference_mode: callers update the result in place (softmax, ensembles)
+        with torch.no_grad():
             out = stitch_windows(padded, predictor, roi, plan=p, device=device, overlap=overlap,
                                  sigma_scale=sigma_scale, dtype=stitch_dtype, progress=progress)
         return out[(slice(None), slice(None), *crop)]

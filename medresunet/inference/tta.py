@@ -88,7 +88,7 @@ def predict_probabilities(
         floating dtype of ``logits_fn``'s output (float32 for anything else).
     """
     combos = flip_combinations(flip_axes)  # the identity first
-    with torch.inference_mode():
+    with torch.no_grad():  # the result stays a normal tensor: callers add to it in place
         logits = logits_fn(image)
         if not logits.is_floating_point():
             logits = logits.float()
