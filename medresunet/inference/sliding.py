@@ -111,45 +111,49 @@ def fallback_for(stitch_device: str, sw_batch_size: int,
                            enabled=stitch_device == "auto")
 
 
+def gaussian_weight(roi: Sequence[int], sigma_scale: float, device: Any) -> torch.Tensor:
+    """MONAI's Gaussian importance map of a window ``(*roi)``, float32 on ``device``."""
+    from monai.data.utils import compute_importance_map
+
+    return compute_importance_map(tuple(int(r) for r in roi), mode="gaussian", sigma_scale=sigma_scale,
+                                  device=device, dtype=torch.float32)
+
+
 def stitch_windows(
     padded: torch.Tensor,
     predictor: Callable[[torch.Tensor], torch.Tensor],
-    roi: Sequence[int],
+    weight: torch.Tensor,
     *,
     plan: mem.MemoryPlan,
     device: torch.device,
     overlap: float,
-    sigma_scale: float = 0.125,
     dtype: str = "fp32",
     progress: bool = False,
 ) -> torch.Tensor:
     """One attempt: every window of ``padded`` through ``predictor``, blended under ``plan``.
 
     Args:
-        padded: ``(B, C, *spatial)`` image at least ``roi`` large on every axis.
+        padded: ``(B, C, *spatial)`` image at least the window large on every axis.
         predictor: ``(n, C, *roi)`` on ``device`` -> ``(n, K, *roi)`` float32 logits.
-        roi: the window (voxels).
+        weight: the window's blending weights ``(*roi)`` on ``device`` (:func:`gaussian_weight`).
         plan: window batch and where the buffer lives (``on_host``: the CPU).
         device: where the windows run.
         overlap: fraction of a window shared with its neighbour.
-        sigma_scale: Gaussian sigma as a fraction of the window.
         dtype: ``auto|fp32|fp16`` for the buffer, see :func:`medresunet.inference.memory.stitch_dtype`.
         progress: a progress bar over the window batches.
 
     Returns:
-        ``(B, K, *spatial)`` Gaussian-weighted mean logits on the buffer's device, float32 or
-        float16.
+        ``(B, K, *spatial)`` weighted mean logits on the buffer's device, float32 or float16.
     """
-    from monai.data.utils import compute_importance_map, dense_patch_slices
+    from monai.data.utils import dense_patch_slices
     from tqdm.auto import tqdm
 
+    roi = tuple(int(r) for r in weight.shape)
     spatial = tuple(int(s) for s in padded.shape[2:])
     out_device = torch.device("cpu") if plan.on_host else device
     source = padded if plan.on_host else padded.to(device)
-    slices = dense_patch_slices(spatial, roi, scan_interval(spatial, roi, overlap))
-    windows = [(b, sl) for b in range(padded.shape[0]) for sl in slices]
-    weight = compute_importance_map(tuple(roi), mode="gaussian", sigma_scale=sigma_scale,
-                                    device=device, dtype=torch.float32)
+    windows = [(b, sl) for b in range(padded.shape[0])
+               for sl in dense_patch_slices(spatial, roi, scan_interval(spatial, roi, overlap))]
     weight_out = weight.to(out_device)
     buffer: torch.Tensor | None = None
     count = mem.allocate((1, 1, *spatial), torch.float32, out_device, mem.BUFFER)
@@ -173,7 +177,8 @@ def stitch_windows(
             buffer[(b, slice(None), *sl)] += part[j]
             count[(0, slice(None), *sl)] += weight_out
         del part
-    assert buffer is not None  # at least one window: padded >= roi on every axis
+    if buffer is None:  # cannot happen: padded is at least one window large
+        raise ValueError(f"no window of {roi} fits the image {spatial}")
     return buffer.div_(count)
 
 
@@ -251,8 +256,8 @@ def sliding_window_logits(
     def attempt(p: mem.MemoryPlan) -> torch.Tensor:
         # no_grad, not inference_mode: callers update the result in place (softmax, ensembles)
         with torch.no_grad():
-            out = stitch_windows(padded, predictor, roi, plan=p, device=device, overlap=overlap,
-                                 sigma_scale=sigma_scale, dtype=stitch_dtype, progress=progress)
+            out = stitch_windows(padded, predictor, gaussian_weight(roi, sigma_scale, device), plan=p,
+                                 device=device, overlap=overlap, dtype=stitch_dtype, progress=progress)
         return out[(slice(None), slice(None), *crop)]
 
     if plan is not None:
