@@ -145,6 +145,9 @@ def _run_rank(args: argparse.Namespace, dist: Any, device: Any) -> int:
         return EXIT_OK
     _finish_record(record, result, run_dir, t0)
     write_run_json(run_dir / "run.json", record)
+    from medresunet.training.summary import write_summary
+
+    write_summary(run_dir)
     if result.stopped_by_budget:
         logger.warning("stopped by the --max-minutes budget after epoch %d; continue with --resume",
                        result.epochs_done)

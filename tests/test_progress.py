@@ -41,7 +41,7 @@ def test_progress_png_written_atomically_and_decodes(tmp_path):
     path = progress.write_progress(tmp_path, max_minutes=2.0)
     assert path == tmp_path / "progress.png"
     w, h = Image.open(path).size
-    assert 1100 <= w <= 1400 and 750 <= h <= 950  # 13 x 9 in at 100 dpi, tight box
+    assert (w, h) == (1300, 900)  # 13 x 9 in at 100 dpi
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left
 
 

@@ -121,8 +121,10 @@ def test_train_cli_tiny_then_resume(tmp_path, dataset, dims):
     args = ["--manifest", str(dataset), "--config", f"{dims}d", "--output", str(run), "--device", "cpu",
             "--quiet", *_sets(*TINY, *patch)]
     assert main(args) == 0
-    for name in ("last.pt", "best.pt", "log.csv", "config.yaml", "run.json"):
+    for name in ("last.pt", "best.pt", "log.csv", "config.yaml", "run.json", "progress.png", "summary.html"):
         assert (run / name).is_file(), name
+    assert (run / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Validation Dice per label" in (run / "summary.html").read_text()
     ckpt = load_checkpoint(run / "best.pt")
     assert ckpt["labels"] == LABELS and ckpt["preprocessing"]["spatial_dims"] == dims
     model = model_from_checkpoint(ckpt)

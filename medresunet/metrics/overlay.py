@@ -334,13 +334,14 @@ def _rgb_png(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def figure_png(fig) -> bytes:
-    """A matplotlib ``Figure`` as PNG bytes (Agg canvas, tight bounding box)."""
+def figure_png(fig, tight: bool = True) -> bytes:
+    """A matplotlib ``Figure`` as PNG bytes (Agg canvas); ``tight``: cropped to its content
+    (a second drawing pass), else the figure's own size."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
+    fig.savefig(buf, format="png", bbox_inches="tight" if tight else None)
     return buf.getvalue()
 
 

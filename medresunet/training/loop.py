@@ -47,6 +47,7 @@ from medresunet.devices import autocast
 from medresunet.training import distributed as _dist
 from medresunet.training.checkpoint import load_checkpoint, save_checkpoint
 from medresunet.training.logs import TrainingLog
+from medresunet.training.progress import write_progress
 from medresunet.training.run_state import (
     ModelInfo,
     TrainData,
@@ -93,6 +94,7 @@ class _Run:
     t0: float = 0.0
     log: TrainingLog | None = None
     bar: Any = None
+    start_epoch: int = 0  # the epoch this call started from (its --max-minutes counts from there)
 
     @property
     def main(self) -> bool:
@@ -202,6 +204,7 @@ def _start(run: _Run, model: torch.nn.Module) -> TrainState:
     if state.epoch >= state.total_epochs:
         logger.warning("%s: already trained %d of %d epochs; nothing to do (use --epochs to extend)",
                        run.run_dir, state.epoch, state.total_epochs)
+    run.start_epoch = state.epoch
     if run.main:
         run.log = TrainingLog(run.run_dir, run.info.label_names,
                               resume_epoch=state.epoch if run.options.resume else None)
@@ -276,9 +279,12 @@ def end_epoch(run: _Run, state: TrainState, losses: list[float], seconds: float)
     """Validation, checkpoints and logs after an epoch; returns whether the run stops now."""
     stop_after = run.options.stop_after_epoch
     early = stop_after is not None and state.epoch >= stop_after
-    val = validate_epoch(run, state, last=state.epoch == state.total_epochs or state.stopped_by_budget or early)
+    last = state.epoch == state.total_epochs or state.stopped_by_budget or early
+    val = validate_epoch(run, state, last=last)
     save_checkpoints(run, state)
     record = log_epoch(run, state, losses, seconds, val)
+    if run.log is not None and (val is not None or last):  # RUN/progress.png, from log.csv
+        write_progress(run.run_dir, run.options.max_minutes, run.start_epoch)
     if run.options.on_epoch_end is not None and run.main:
         run.options.on_epoch_end(record)
     if state.stopped_by_budget:

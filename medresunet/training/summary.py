@@ -294,9 +294,9 @@ def write_summary(run_dir: str | Path) -> Path | None:
     run_dir = Path(run_dir)
     try:
         page = render_summary(run_dir)
-    except (OSError, ValueError) as err:
-        logger.warning("%s: no summary.html (%s)", run_dir, err)
+        path = write_text_atomic(run_dir / "summary.html", page)
+    except Exception as err:  # noqa: BLE001 - a page must not fail a finished run; the warning says why
+        logger.warning("%s: no summary.html (%s: %s)", run_dir, type(err).__name__, err)
         return None
-    path = write_text_atomic(run_dir / "summary.html", page)
     logger.info("run summary: %s", path)
     return path
