@@ -10,9 +10,10 @@ through the same console-script entry points.
     medresunet-demo [--output DIR] [--device D] [--minutes M] [--quick]
 
 Output folder: ``data/`` (phantoms + ``manifest.json``), ``run/`` (checkpoints, training
-log, ``run.json``), ``predictions/`` (one ``<case>.nii.gz`` per test scan), ``evaluation/``
-(``metrics.csv``, ``metrics.json``, ``summary.json``, ``summary.csv``, ``report.html``) and
-``demo.json`` (what ran, timings, mean Dice per organ).
+log, ``progress.png``, ``summary.html``, ``run.json``), ``predictions/`` (one
+``<case>.nii.gz`` per test scan), ``evaluation/`` (``metrics.csv``, ``metrics.json``,
+``summary.json``, ``summary.csv``, ``report.html``) and ``demo.json`` (what ran, timings,
+mean Dice per organ).
 
 Exit codes: 0 all done, 1 a stage failed on some case (or ``--min-dice`` was not reached),
 2 bad usage (e.g. the output folder holds something else).
@@ -224,6 +225,7 @@ def _run(args: argparse.Namespace) -> int:
     print()
     print(format_table(rows))
     print(f"report: {out / 'evaluation' / 'report.html'}")
+    print(f"training: {out / 'run' / 'summary.html'} (curves: {out / 'run' / 'progress.png'})")
     print(f"demo finished in {time.time() - started:.0f} s (training {timings['train']:.0f} s)")
     if args.min_dice is not None:
         low = {name: d for name, d in means.items() if not d >= args.min_dice}

@@ -58,8 +58,9 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
 
     # the training run
     run = out / "run"
-    for name in ("last.pt", "best.pt", "log.csv", "run.json"):
+    for name in ("last.pt", "best.pt", "log.csv", "run.json", "progress.png", "summary.html"):
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    assert str(run / "summary.html") in printed
     assert json.loads((run / "run.json").read_text())
     with (run / "log.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) >= 1

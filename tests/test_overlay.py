@@ -73,7 +73,7 @@ def test_pngs_decode_to_the_expected_sizes():
     full, inset = render_overlay_pngs(ov)
     assert full[:8] == b"\x89PNG\r\n\x1a\n"
     a, b = _decode(full), _decode(inset)
-    assert a.shape == (*display_shape((96, 96), (1.0, 1.0), ov_mod.FULL_LONG_SIDE), 3) == (288, 288, 3)
+    assert a.shape == (*display_shape((96, 96), (1.0, 1.0), ov_mod.FULL_LONG_SIDE), 3) == (384, 384, 3)
     h0, h1, w0, w1 = ov.box
     assert b.shape[:2] == display_shape((h1 - h0, w1 - w0), (1.0, 1.0), ov_mod.INSET_LONG_SIDE)
     assert max(b.shape[:2]) == ov_mod.INSET_LONG_SIDE
@@ -125,3 +125,21 @@ def test_worst_label_ties_go_to_the_smaller_structure_and_both_empty_is_skipped(
             {"label": 2, "status": "both_empty", "dice": float("nan"), "ref_volume_ml": 0.0}]
     assert worst_label(rows) == 3
     assert worst_label(rows[2:]) is None
+
+
+def test_a_stray_false_positive_far_away_does_not_widen_the_zoom():
+    ref = np.zeros((120, 120), np.uint8)
+    ref[50:58, 50:58] = 3  # an 8 mm lesion
+    pred = ref.copy()
+    pred[50:58, 56:60] = 3  # overlaps and spills over: part of the zoomed structure
+    pred[5:7, 110:113] = 3  # a stray piece 60 mm away
+    pred[70:72, 50:52] = 3  # a piece 12 voxels below, beyond NEAR_MM: also stray
+    ov = worst_slice(pred, ref, (1.0, 1.0), label=3)
+    h0, h1, w0, w1 = ov.box
+    assert h0 <= 50 and h1 >= 58 and w0 <= 50 and w1 >= 60  # the lesion and its spill
+    assert (h1 - h0) <= 30 and (w1 - w0) <= 30  # not stretched to the stray pieces
+    assert ov.n_outside == 6 + 4 and ov.n_disagree == 8 * 2 + 6 + 4
+    near = pred.copy()
+    near[60:62, 50:52] = 3  # 2 voxels below the lesion: within NEAR_MM, inside the box
+    box = worst_slice(near, ref, (1.0, 1.0), label=3).box
+    assert box[1] >= 62

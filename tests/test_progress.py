@@ -78,9 +78,19 @@ def test_budget_is_drawn_only_when_given(tmp_path):
     assert with_budget != without
 
 
-def test_smooth_is_an_ema_that_skips_nan():
-    out = progress.smooth(np.array([1.0, np.nan, 3.0]), weight=0.5)
-    assert out[0] == 1.0 and math.isnan(out[1]) and out[2] == 2.0
+def test_smooth_is_centred_and_skips_nan():
+    out = progress.smooth(np.array([1.0, np.nan, 3.0, 5.0]), window=3)
+    assert out[0] == 1.0 and math.isnan(out[1]) and out[2] == 4.0 and out[3] == 4.0
+    line = progress.smooth(np.arange(40.0))  # window 5: a straight line stays put (no lag)
+    assert np.allclose(line[2:-2], np.arange(40.0)[2:-2])
+
+
+def test_epoch_to_step_interpolates_and_extrapolates(tmp_path):
+    _log(tmp_path, epochs=3)  # steps 4, 8, 12
+    c = progress.read_log(tmp_path / "log.csv")
+    assert progress.epoch_to_step(c, 1.5) == pytest.approx(6.0)
+    assert progress.epoch_to_step(c, 0.5) == pytest.approx(2.0)
+    assert progress.epoch_to_step(c, 5.0) == pytest.approx(20.0)
 
 
 def test_without_matplotlib_one_log_line_and_no_file(tmp_path, monkeypatch, caplog):

@@ -29,6 +29,7 @@ CT_AIR_HU = -500.0
 BOX_MARGIN = 0.3
 MIN_BOX_MM = 24.0
 MIN_MARGIN_VOXELS = 2
+NEAR_MM = 10.0  # a predicted piece this close to the reference belongs to the zoomed structure
 
 REF_RGB = (0, 230, 64)         # reference outline: green
 PRED_RGB = (255, 40, 255)      # prediction outline: magenta
@@ -53,6 +54,7 @@ class OverlaySlice:
         label: the focused label value (the case's worst label), or None.
         window: display range of ``image`` (HU for CT), or None.
         box: the zoom box ``(h0, h1, w0, w1)``, half-open voxel ranges of the slice.
+        n_outside: disagreeing voxels (as ``n_disagree``) outside the box: stray pieces.
     """
 
     axis: int
@@ -65,6 +67,7 @@ class OverlaySlice:
     label: int | None = None
     window: tuple[float, float] | None = None
     box: tuple[int, int, int, int] | None = None
+    n_outside: int = 0
 
 
 def worst_label(rows: Iterable[Mapping]) -> int | None:
@@ -108,17 +111,40 @@ def display_window(image: np.ndarray, modality: str | None = None) -> tuple[floa
     return float(lo), float(max(hi, lo + 1e-6))
 
 
+def _focus(ref_m: np.ndarray, pred_m: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray:
+    """The structure to zoom on: the reference and the predicted pieces that touch it (or lie
+    within :data:`NEAR_MM`); without reference, the largest predicted piece."""
+    from scipy import ndimage
+
+    pieces, n = ndimage.label(pred_m, structure=np.ones((3, 3)))
+    if not ref_m.any():
+        if n == 0:
+            return pred_m
+        sizes = np.bincount(pieces.ravel())[1:]
+        return pieces == int(np.argmax(sizes)) + 1
+    steps = max(1, min(64, int(np.ceil(NEAR_MM / min(float(x) for x in spacing_mm)))))
+    near = ndimage.binary_dilation(ref_m, iterations=steps)
+    keep = np.unique(pieces[near & pred_m])
+    return ref_m | np.isin(pieces, keep[keep > 0])
+
+
 def zoom_box(ref: np.ndarray, pred: np.ndarray, label: int | None,
              spacing_mm: Sequence[float]) -> tuple[int, int, int, int]:
-    """The bounding box of the label in reference and prediction, with a margin, ``(h0, h1, w0, w1)``.
+    """The bounding box of the label's structure, with a margin, ``(h0, h1, w0, w1)``.
 
-    The box holds every voxel where the label's prediction and reference differ. It is
-    grown by :data:`BOX_MARGIN` of its size per side (at least two voxels) and to at least
-    :data:`MIN_BOX_MM` per axis; at the slice's border it slides inside (clipped only when
-    the slice is smaller). Without the label in the slice:
-    the box of all foreground; without foreground: the whole slice.
+    The structure is the label's reference with every predicted piece of the label that
+    touches it or lies within :data:`NEAR_MM` (:func:`_focus`): the box holds every voxel
+    where they disagree. A stray predicted piece farther away stays outside (it is drawn
+    on the whole slice and counted in :attr:`OverlaySlice.n_outside`), so that one false
+    positive at the edge of the body does not turn the zoom into the whole slice.
+    The box is grown by :data:`BOX_MARGIN` of its size per side (at least two voxels) and to
+    at least :data:`MIN_BOX_MM` per axis; at the slice's border it slides inside (clipped only
+    when the slice is smaller). Without the label in the slice: the box of all foreground;
+    without foreground: the whole slice.
     """
-    mask = (ref == label) | (pred == label) if label is not None else np.zeros(ref.shape, bool)
+    mask = np.zeros(ref.shape, bool)
+    if label is not None:
+        mask = _focus(ref == label, pred == label, spacing_mm)
     if not mask.any():
         mask = (ref > 0) | (pred > 0)
     if not mask.any():
@@ -182,7 +208,10 @@ def worst_slice(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float],
         in_plane = (spacing[others[0]], spacing[others[1]])
     r, p = np.array(ref[take]), np.array(pred[take])
     img = None if image is None else np.array(image[take], dtype=np.float32)
-    return OverlaySlice(axis, index, r, p, img, in_plane, n, label, window, zoom_box(r, p, label, in_plane))
+    box = zoom_box(r, p, label, in_plane)
+    d = np.array(diff[take])
+    outside = int(d.sum() - d[box[0]:box[1], box[2]:box[3]].sum())
+    return OverlaySlice(axis, index, r, p, img, in_plane, n, label, window, box, outside)
 
 
 def to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -229,7 +258,7 @@ def case_overlay(pred: np.ndarray, ref: np.ndarray, affine: np.ndarray, rows: It
 
 # ---- rendering (numpy RGB composition, PNG through Pillow from the report extra) ----
 
-FULL_LONG_SIDE = (256, 512)  # the whole slice: long side in pixels, at least / at most
+FULL_LONG_SIDE = (320, 512)  # the whole slice: long side in pixels, at least / at most
 INSET_LONG_SIDE = 320
 
 
@@ -311,7 +340,7 @@ def _compose(ov: OverlaySlice, box: tuple[int, int, int, int] | None, out_hw: tu
 def render_overlay_pngs(ov: OverlaySlice) -> tuple[bytes, bytes]:
     """Two PNGs of the slice: ``(whole slice, zoomed inset)``, in physical aspect.
 
-    The whole slice (long side 256-512 px, see :data:`FULL_LONG_SIDE`) shows the zoom box
+    The whole slice (long side 320-512 px, see :data:`FULL_LONG_SIDE`) shows the zoom box
     as a cyan frame; the inset shows the box at :data:`INSET_LONG_SIDE` px. On both: the
     scan in grey (CT soft-tissue window, or robust percentiles), the focused label's
     disagreement filled yellow, reference outlines green (inside the border), prediction

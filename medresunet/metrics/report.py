@@ -88,7 +88,7 @@ td.l,th.l{text-align:left}tr.missed td,tr.false_positive td{background:#fde2e2}
 tr.both_empty td{color:#888}.cases{display:flex;flex-wrap:wrap;gap:12px}
 .case{border:1px solid #ddd;padding:6px;font-size:13px;max-width:100%}.bad{color:#b00;font-weight:bold}
 .imgs{display:flex;gap:6px;align-items:flex-start}.imgs img{image-rendering:pixelated;max-width:100%}
-.legend{font-size:13px;margin:0.4em 0 0.8em}.legend span{margin-right:1.4em;white-space:nowrap}
+.aside{color:#7a4b00}.legend{font-size:13px;margin:0.4em 0 0.8em}.legend span{margin-right:1.4em;white-space:nowrap}
 .legend i{display:inline-block;width:14px;height:14px;margin-right:5px;vertical-align:-2px;border:1px solid #555}"""
 
 
@@ -150,6 +150,10 @@ def _case_html(case_id: str, ov: OverlaySlice, case_rows: list[dict], worst: flo
         dice.append(f"<b>{text}</b>" if ov.label is not None and int(r["label"]) == ov.label else text)
     bad = [f"{r['label_name']}: {r['status']}" for r in case_rows if r["status"] in ("missed", "false_positive")]
     note = f"<div class=bad>{html.escape('; '.join(bad))}</div>" if bad else ""
+    if ov.n_outside:
+        name = next((str(r["label_name"]) for r in case_rows if int(r["label"]) == ov.label), "the label")
+        note += (f"<div class=aside>{ov.n_outside} differing voxels lie outside the zoom, in pieces away "
+                 f"from the {html.escape(name)} (see the whole slice)</div>")
     return (f"<div class=case><div class=imgs><img alt='{cid}: whole slice' src='{png_data_uri(full)}'>"
             f"<img alt='{cid}: zoomed' src='{png_data_uri(inset)}'></div>"
             f"<div><b>{cid}</b>: lowest Dice {_fmt(worst)}; {where}, {ov.n_disagree} voxels differ</div>"

@@ -27,7 +27,6 @@ from medresunet.io.atomic import write_bytes_atomic
 from medresunet.metrics.overlay import figure_png
 
 logger = logging.getLogger(__name__)
-EMA_WEIGHT = 0.5  # of the previous smoothed value: follows a trend within a few epochs
 _warned_no_matplotlib = False
 
 
@@ -93,15 +92,34 @@ def find_logs(root: str | Path) -> list[tuple[str, Path]]:
     return found
 
 
-def smooth(values: np.ndarray, weight: float = EMA_WEIGHT) -> np.ndarray:
-    """Exponential moving average over the finite values (NaN stays NaN)."""
+def smooth(values: np.ndarray, window: int | None = None) -> np.ndarray:
+    """Centred moving average over the finite values (no lag, unlike an EMA); NaN stays NaN.
+
+    Args:
+        values: one value per epoch.
+        window: odd number of epochs averaged; None: about a tenth of the run (1 below 20).
+    """
+    values = np.asarray(values, float)
+    if window is None:
+        window = max(1, (len(values) // 10) | 1)
+    half = window // 2
+    ok = np.isfinite(values)
     out = np.full(values.shape, np.nan)
-    acc = math.nan
-    for i, v in enumerate(values):
-        if math.isfinite(v):
-            acc = v if not math.isfinite(acc) else weight * acc + (1 - weight) * v
-            out[i] = acc
+    for i in np.flatnonzero(ok):
+        part = values[max(0, i - half): i + half + 1]
+        out[i] = float(np.nanmean(part))  # shrinks at the ends
     return out
+
+
+def epoch_to_step(c: Curves, epoch: float) -> float:
+    """The optimizer step at a (fractional) epoch: interpolated between the log's epoch ends,
+    extrapolated with the last full epoch's steps beyond them."""
+    ok = np.isfinite(c.epoch) & np.isfinite(c.step)
+    e, s = np.concatenate([[0.0], c.epoch[ok]]), np.concatenate([[0.0], c.step[ok]])
+    if epoch <= e[-1]:
+        return float(np.interp(epoch, e, s))
+    per = float(np.max(np.diff(s))) if len(s) > 1 else 0.0  # a budget-cut last epoch is shorter
+    return float(s[-1] + (epoch - e[-1]) * per)
 
 
 def budget_end_epoch(seconds: np.ndarray, minutes: float, from_epoch: int = 0) -> float | None:
@@ -126,7 +144,7 @@ def _draw(ax_loss, ax_dice, ax_lr, ax_time, curves: Sequence[Curves], colours: l
     folds = len(curves) > 1 or bool(curves and curves[0].name)
     for c, colour in zip(curves, colours, strict=False):  # colours: at least one
         tag = f"{c.name}: " if c.name else ""
-        ax_loss.plot(c.step, c.train_loss, ".", color=colour, alpha=0.35, ms=4)
+        ax_loss.plot(c.step, c.train_loss, "o", color=colour, alpha=0.45, ms=4)
         ax_loss.plot(c.step, smooth(c.train_loss), "-", color=colour, lw=2, label=f"{tag}smoothed")
         ax_lr.plot(c.step, c.lr, "-", color=colour, lw=1.6, label=c.name or None)
         ax_time.plot(c.epoch, c.seconds, "o-", color=colour, ms=3, lw=1.2, label=c.name or None)
@@ -139,7 +157,7 @@ def _draw(ax_loss, ax_dice, ax_lr, ax_time, curves: Sequence[Curves], colours: l
                 ax_dice.plot(c.epoch[val], values[val], "-", color=colour, lw=0.8, alpha=0.6)
         else:  # one colour per label, the mean in black
             for (name, values), lc in zip(c.dice.items(), _palette(len(c.dice)), strict=False):
-                ax_dice.plot(c.epoch[val], values[val], "o-", color=lc, lw=1.6, ms=3, label=name)
+                ax_dice.plot(c.epoch[val], values[val], "o-", color=lc, lw=1.6, ms=6, label=name)
             if len(c.dice) > 1:
                 ax_dice.plot(c.epoch[val], c.dice_mean[val], "k--", lw=1.6, label="mean")
     ax_minutes.set_ylim(bottom=0)
@@ -181,6 +199,7 @@ def render_progress_png(curves: Sequence[Curves], max_minutes: float | None = No
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=10, loc="best")
+    _share_x(axes, curves)
     ax_dice.set_ylim(-0.02, 1.02)
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     # fixed margins: tight_layout and a tight box would measure every text twice (1 s a picture)
@@ -188,12 +207,26 @@ def render_progress_png(curves: Sequence[Curves], max_minutes: float | None = No
     return figure_png(fig, tight=False)
 
 
+def _share_x(axes, curves: Sequence[Curves]) -> None:
+    """Epoch panels span every epoch (a single validation is not a zoomed-in dot), step
+    panels start at step 0; both include what is already drawn (a projected budget end)."""
+    epochs = [float(np.nanmax(c.epoch)) for c in curves if np.isfinite(c.epoch).any()]
+    steps = [float(np.nanmax(c.step)) for c in curves if np.isfinite(c.step).any()]
+    if not epochs:
+        return
+    for ax in (axes[0][1], axes[1][1]):
+        ax.set_xlim(0.5, max(max(epochs) + 0.5, ax.get_xlim()[1]))
+    for ax in (axes[0][0], axes[1][0]):
+        hi = max(max(steps, default=1.0), ax.get_xlim()[1])
+        ax.set_xlim(0, hi * 1.03)
+
+
 def _mark_budget(axes, c: Curves, minutes: float, from_epoch: int) -> None:
     end = budget_end_epoch(c.seconds, minutes, from_epoch)
     if end is None:
         return
-    steps_per_epoch = float(np.nanmax(c.step) / np.nanmax(c.epoch)) if np.isfinite(c.step).any() else 0.0
-    for ax, x in zip(axes.ravel(), (end * steps_per_epoch, end, end * steps_per_epoch, end), strict=True):
+    step = epoch_to_step(c, end)
+    for ax, x in zip(axes.ravel(), (step, end, step, end), strict=True):
         ax.axvline(x, color="#c00", ls=":", lw=1.8, label=f"budget end ({minutes:g} min)")
 
 
