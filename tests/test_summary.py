@@ -84,6 +84,9 @@ def test_plan_reasons_from_run_json_and_a_fold_folder(tmp_path):
     fold.mkdir()
     (run / "plan.yaml").write_text("# Why each value:\n#   train.epochs: budget\nmodel: {}\n")
     assert summary.plan_reasons(fold, {}) == {"train.epochs": "budget"}
+    given = tmp_path / "my_plan.yaml"  # --config pointing at a plan elsewhere
+    given.write_text("# Why each value:\n#   data.patch_size: fits\nmodel: {}\n")
+    assert summary.plan_reasons(tmp_path, {"inputs": {"config": str(given)}}) == {"data.patch_size": "fits"}
 
 
 def test_summary_without_manifest_still_written(tmp_path):

@@ -61,10 +61,14 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], left: int = 1) 
 
 
 def plan_reasons(run_dir: Path, record: Mapping[str, Any]) -> dict[str, str]:
-    """Setting -> reason: from ``plan.yaml``'s comment block (the run's folder or the one
-    above a fold), else ``run.json``'s ``plan.reasons``; empty without a plan."""
-    for folder in dict.fromkeys((run_dir, run_root(run_dir))):
-        path = folder / "plan.yaml"
+    """Setting -> reason: from ``plan.yaml``'s comment block (the run's folder, the one above
+    a fold, or the ``--config`` file when it is a plan), else ``run.json``'s ``plan.reasons``;
+    empty without a plan."""
+    given = (record.get("inputs") or {}).get("config")
+    candidates = [run_dir / "plan.yaml", run_root(run_dir) / "plan.yaml"]
+    if isinstance(given, str) and given.endswith((".yaml", ".yml")):
+        candidates.append(Path(given))
+    for path in dict.fromkeys(candidates):
         if path.is_file():
             reasons = _reasons_from_yaml(path.read_text(encoding="utf-8", errors="replace"))
             if reasons:
