@@ -57,6 +57,9 @@ def test_fold_all_covers_every_case_once(folds_run):
         assert ckpt["preprocessing"] == fp["preprocessing"]
         assert ckpt["config"]["train"]["fold"] == k
     assert (run / "config.yaml").is_file()
+    # one progress.png for the run (a line per fold), a summary.html per fold
+    assert (run / "progress.png").is_file() and not (run / "fold_0" / "progress.png").exists()
+    assert all((run / f"fold_{k}" / "summary.html").is_file() for k in range(3))
 
 
 def test_resume_one_fold(folds_run):
