@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from medresunet.metrics import case_metrics
+from medresunet.metrics import figures as fig_mod
 from medresunet.metrics import overlay as ov_mod
+from medresunet.metrics.figures import display_shape, render_overlay_pngs
 from medresunet.metrics.overlay import (
-    display_shape,
     display_window,
-    render_overlay_pngs,
     to_ras,
     worst_label,
     worst_slice,
@@ -73,12 +73,12 @@ def test_pngs_decode_to_the_expected_sizes():
     full, inset = render_overlay_pngs(ov)
     assert full[:8] == b"\x89PNG\r\n\x1a\n"
     a, b = _decode(full), _decode(inset)
-    assert a.shape == (*display_shape((96, 96), (1.0, 1.0), ov_mod.FULL_LONG_SIDE), 3) == (384, 384, 3)
+    assert a.shape == (*display_shape((96, 96), (1.0, 1.0), fig_mod.FULL_LONG_SIDE), 3) == (384, 384, 3)
     h0, h1, w0, w1 = ov.box
-    assert b.shape[:2] == display_shape((h1 - h0, w1 - w0), (1.0, 1.0), ov_mod.INSET_LONG_SIDE)
-    assert max(b.shape[:2]) == ov_mod.INSET_LONG_SIDE
+    assert b.shape[:2] == display_shape((h1 - h0, w1 - w0), (1.0, 1.0), fig_mod.INSET_LONG_SIDE)
+    assert max(b.shape[:2]) == fig_mod.INSET_LONG_SIDE
     colours = {tuple(c) for c in b.reshape(-1, 3)}
-    assert ov_mod.REF_RGB in colours and ov_mod.PRED_RGB in colours and ov_mod.BOX_RGB in colours
+    assert fig_mod.REF_RGB in colours and fig_mod.PRED_RGB in colours and fig_mod.BOX_RGB in colours
     # the disagreement is filled: yellowish pixels (red and green high, blue low) in the inset
     assert ((b[..., 0] > 150) & (b[..., 1] > 120) & (b[..., 2] < 80)).sum() > 100
 

@@ -128,7 +128,7 @@ _VIEWS = {0: "sagittal", 1: "coronal", 2: "axial"}
 
 
 def _legend_html() -> str:
-    from medresunet.metrics.overlay import COLOURS
+    from medresunet.metrics.figures import COLOURS
 
     what = {"reference": "reference outline (inside its border)",
             "prediction": "prediction outline (outside its border)",
@@ -139,7 +139,7 @@ def _legend_html() -> str:
 
 def _case_html(case_id: str, ov: OverlaySlice, case_rows: list[dict], worst: float | None) -> str:
     """One case's panel: the whole slice, the zoomed inset, the caption with Dice per label."""
-    from medresunet.metrics.overlay import png_data_uri, render_overlay_pngs
+    from medresunet.metrics.figures import png_data_uri, render_overlay_pngs
 
     full, inset = render_overlay_pngs(ov)
     cid = html.escape(case_id)
@@ -161,7 +161,7 @@ def _case_html(case_id: str, ov: OverlaySlice, case_rows: list[dict], worst: flo
 
 
 def _figures_html(rows: list[dict], overlays: Mapping[str, OverlaySlice] | None) -> str:
-    from medresunet.metrics.overlay import png_data_uri, render_boxplots_png
+    from medresunet.metrics.figures import png_data_uri, render_boxplots_png
 
     values: dict[str, dict[str, list[float]]] = {"dice": {}, "hd95_mm": {}}
     for r in rows:

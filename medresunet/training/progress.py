@@ -24,7 +24,7 @@ import numpy as np
 
 from medresunet.crossval.layout import fold_dirs
 from medresunet.io.atomic import write_bytes_atomic
-from medresunet.metrics.overlay import figure_png
+from medresunet.metrics.figures import figure_png
 
 logger = logging.getLogger(__name__)
 _warned_no_matplotlib = False

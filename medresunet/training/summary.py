@@ -260,7 +260,7 @@ def _curves_html(run_dir: Path) -> tuple[str, Curves | None]:
     own = next((c for c, (_, path) in zip(curves, logs, strict=True) if path.parent == run_dir), None)
     if not curves:
         return "<p>No log.csv: no curves.</p>", None
-    from medresunet.metrics.overlay import png_data_uri
+    from medresunet.metrics.figures import png_data_uri
 
     try:
         uri = png_data_uri(render_progress_png(curves))
