@@ -65,8 +65,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from medresunet.errors import UsageError
-    from medresunet.evaluation import evaluate_pairs, pair_cases
-    from medresunet.metrics import format_summary, summarize, write_reports
+    from medresunet.metrics import format_summary
+    from medresunet.metrics.evaluate import EvalSettings, evaluate_to_reports
+    from medresunet.metrics.pairing import pair_cases
     from medresunet.metrics.report import existing_reports
     from medresunet.runinfo import environment_info, write_run_json
 
@@ -89,17 +90,10 @@ def _run(args: argparse.Namespace) -> int:
         report_failures(PROG, pairing.unpaired)
         raise UsageError(f"no prediction in {args.pred} pairs with a reference in {args.ref} by case id; "
                          "expected the same file names (case ids) in both")
-    try:
-        import matplotlib  # noqa: F401
-
-        overlays: dict | None = {}
-    except ImportError:
-        overlays = None
-    rows, failures = evaluate_pairs(pairing.pairs, labels, args.nsd_tolerance, args.empty_distance,
-                                    args.workers, args.resample_pred_to_ref, args.quiet, overlays)
-    failures = sorted(pairing.unpaired + failures)
-    summary = summarize(rows)
-    paths = write_reports(rows, summary, args.output, overlays)
+    settings = EvalSettings(args.nsd_tolerance, args.empty_distance, args.workers, args.resample_pred_to_ref)
+    result = evaluate_to_reports(pairing.pairs, labels, args.output, settings, args.quiet)
+    failures = sorted(pairing.unpaired + result.failures)
+    summary, paths = result.summary, result.paths
     write_run_json(args.output / "run.json", {
         "command": PROG, "environment": environment_info(), "pred": str(args.pred), "ref": str(args.ref),
         "images": None if args.images is None else str(args.images), "labels": labels,

@@ -114,39 +114,21 @@ def _quiet_third_party() -> None:
 def _evaluate(args: argparse.Namespace, outputs: dict[str, Path], images: dict[str, Path],
               labels: dict[str, int]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """Per-patient report of ``outputs`` against ``args.labels`` into ``OUTPUT/report``."""
-    from medresunet.evaluation import evaluate_pairs
-    from medresunet.io import discover_scans
-    from medresunet.metrics.aggregate import summarize
-    from medresunet.metrics.report import write_reports
+    from medresunet.metrics.evaluate import evaluate_to_reports
+    from medresunet.metrics.pairing import pair, read_references
 
-    ref = args.labels
-    if ref.is_file() and ref.name.lower().endswith((".json", ".yaml", ".yml")):
-        from medresunet.manifest import load_manifest
-
-        manifest = load_manifest(ref)
-        refs = {c.case_id: c.label for c in manifest.cases if c.label is not None}
-    else:
-        refs = {r.case_id: r.path for r in discover_scans(ref)}
-    pairs = [(cid, out, refs[cid], images.get(cid)) for cid, out in sorted(outputs.items()) if cid in refs]
-    for cid in sorted(set(outputs) - set(refs)):
-        log.warning("%s: no reference label in %s; not evaluated", cid, ref)
-    if not pairs:
-        log.warning("--labels %s: no reference matches an output by case id; no report", ref)
+    pairing = pair(outputs, read_references(args.labels), images, args.output)
+    for cid in sorted(set(outputs) - {p[0] for p in pairing.pairs}):
+        log.warning("%s: no reference label in %s; not evaluated", cid, args.labels)
+    if not pairing.pairs:
+        log.warning("--labels %s: no reference matches an output by case id; no report", args.labels)
         return {}, []
-    try:
-        import matplotlib  # noqa: F401
-
-        overlays: dict | None = {}
-    except ImportError:
-        overlays = None
-    rows, failures = evaluate_pairs(pairs, labels, quiet=args.quiet, overlays=overlays)
-    summary = summarize(rows)
-    paths = write_reports(rows, summary, args.output / "report", overlays)
+    result = evaluate_to_reports(pairing.pairs, labels, args.output / "report", quiet=args.quiet)
     if not args.quiet:
         from medresunet.metrics.aggregate import format_summary
 
-        print(format_summary(summary))
-    return {k: str(v) for k, v in paths.items()}, [(c, f"evaluation: {r}") for c, r in failures]
+        print(format_summary(result.summary))
+    return {k: str(v) for k, v in result.paths.items()}, [(c, f"evaluation: {r}") for c, r in result.failures]
 
 
 def _run(args: argparse.Namespace) -> int:

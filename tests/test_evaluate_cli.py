@@ -123,7 +123,8 @@ def test_help_does_not_import_torch():
 
 
 def test_evaluate_pairs_library(folders):
-    from medresunet.evaluation import evaluate_pairs, pair_cases
+    from medresunet.metrics.evaluate import evaluate_pairs
+    from medresunet.metrics.pairing import pair_cases
 
     (folders / "pred" / "a.nii.gz").write_bytes(b"not a nifti file")
     pairing = pair_cases(folders / "pred", folders / "ref", folders / "img")
@@ -184,3 +185,29 @@ def test_label_names_from_infer_run_json(tmp_path):
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())["n_cases"] == 2
     assert main(_args(tmp_path, tmp_path / "eval2", "--label-names", "liver=1")) == 0
     assert [n for _, n, _ in _rows(tmp_path / "eval2" / "metrics.csv")] == ["liver", "liver"]
+
+
+def test_one_evaluation_package_pairs_a_batch_and_writes_reports(folders):
+    """Pairing, metrics and reports live in medresunet.metrics; infer pairs its outputs with it."""
+    import importlib.util
+    import json as _json
+
+    from medresunet.metrics.evaluate import EvalSettings, evaluate_to_reports
+    from medresunet.metrics.pairing import pair, read_references
+
+    assert importlib.util.find_spec("medresunet.evaluation") is None  # no second place
+    manifest = folders / "manifest.json"
+    manifest.write_text(_json.dumps({"channels": ["CT"], "labels": {"background": 0, "big": 1, "small": 2},
+                                     "cases": [{"id": c, "image": f"img/{c}.nii.gz", "label": f"ref/{c}.nii.gz"}
+                                               for c in ("a", "b")]}))
+    refs = read_references(manifest)
+    assert refs.label_map == {"background": 0, "big": 1, "small": 2} and sorted(refs.labels) == ["a", "b"]
+    outputs = {"b": folders / "pred" / "b.nii.gz", "c": folders / "pred" / "c.nii.gz"}  # a batch's outputs
+    pairing = pair(outputs, refs)
+    assert [p[0] for p in pairing.pairs] == ["b"] and pairing.pairs[0][3] == folders / "img" / "b.nii.gz"
+    assert sorted(u[0] for u in pairing.unpaired) == ["a", "c"]
+    result = evaluate_to_reports(pairing.pairs, refs.label_map, folders / "report", EvalSettings(), quiet=True)
+    assert [(r["case_id"], r["status"]) for r in result.rows] == [("b", "ok"), ("b", "missed")]
+    assert result.summary["n_cases"] == 1 and (folders / "report" / "metrics.csv").is_file()
+    with pytest.raises(UsageError, match="workers"):
+        EvalSettings(workers=0)

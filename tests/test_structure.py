@@ -18,7 +18,6 @@ KNOWN = {
     "data/fingerprint.py:fingerprint",
     "data/phantoms.py:make_phantom_case",
     "data/phantoms.py:make_demo_dataset",
-    "evaluation.py:evaluate_pairs",
     "inference/predictor.py:__init__",
     "inference/sliding.py:sliding_window_logits",
     "io/dicom_export.py:write_dicom_series",

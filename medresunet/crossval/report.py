@@ -112,8 +112,7 @@ def write_cv_report(run_dir: PathLike, references: Mapping[str, Path], labels: M
         The ``summary.json`` document (``complete`` false and ``missing_folds`` filled when a
         fold or case is missing).
     """
-    from medresunet.evaluation import evaluate_pairs
-    from medresunet.metrics import summarize, write_reports
+    from medresunet.metrics.evaluate import evaluate_to_reports
     from medresunet.runinfo import environment_info, write_run_json
 
     started = time.time()
@@ -125,17 +124,10 @@ def write_cv_report(run_dir: PathLike, references: Mapping[str, Path], labels: M
     failures = [(c, "no reference label") for c in no_ref]
     pairs = [(c, p, Path(references[c]), None if images is None else images.get(c))
              for c, (_, p) in sorted(present.items()) if c in references]
-    try:
-        import matplotlib  # noqa: F401
-
-        overlays: dict | None = {}
-    except ImportError:
-        overlays = None
-    rows, eval_failures = evaluate_pairs(pairs, labels, quiet=quiet, overlays=overlays)
-    failures += eval_failures
-    summary = summarize(rows)
     report_dir = cv_dir(run) / "report"
-    paths = write_reports(rows, summary, report_dir, overlays)
+    result = evaluate_to_reports(pairs, labels, report_dir, quiet=quiet)
+    failures += result.failures
+    rows, summary, paths = result.rows, result.summary, result.paths
     write_run_json(report_dir / "run.json", {
         "command": "medresunet-train --fold (CV report)", "environment": environment_info(),
         "pred": str(predictions_dir(run)), "labels": dict(labels), "n_pairs": len(pairs),
