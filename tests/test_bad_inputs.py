@@ -15,14 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.evaluate import main as evaluate
+from pipelines.infer import main as infer
+from pipelines.manifest import main as manifest_cli
+from pipelines.train import main as train
 from tests import bad_inputs as B
-
-pytest.importorskip("medresunet.data.transforms")
-
-from pipelines.evaluate import main as evaluate  # noqa: E402
-from pipelines.infer import main as infer  # noqa: E402
-from pipelines.manifest import main as manifest_cli  # noqa: E402
-from pipelines.train import main as train  # noqa: E402
 
 TINY = ["model.channels=[4,8]", "train.steps_per_epoch=1", "train.epochs=1", "train.batch_size=1",
         "data.samples_per_volume=1", "train.precision=fp32", "data.patch_size=[16,16,8]",

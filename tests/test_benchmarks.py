@@ -18,43 +18,75 @@ from benchmarks.common import (
 )
 
 
+def _hardware_gflops_bound() -> float:
+    """No CPU core does more than ~6 GHz x 64 fp32 FLOP per cycle (two AVX-512 FMA units)."""
+    import os
+
+    return (os.cpu_count() or 1) * 6.0 * 64
+
+
 def test_common_helpers():
     assert time_calls(lambda: sum(range(100)), repeats=2)["runs"] == 2
     with PeakMemory() as mem:
-        block = np.ones(20 * 2**20, np.uint8)  # 20 MB touched
+        block = np.ones(20 * 2**20, np.uint8)  # 20 MiB, every page written
         block[::4096] = 2
-    assert mem.peak_mb >= mem.start_mb and mem.delta_mb >= 10
-    assert peak_gflops("fp32", n=128, seconds=0.01) > 0
+    assert mem.peak_mb >= mem.start_mb and mem.delta_mb >= 19.5, (mem.start_mb, mem.peak_mb)
+    # a measured matmul rate: a wrong FLOP count or time unit would be off by 1000x
+    assert 0.5 < peak_gflops("fp32", n=128, seconds=0.01) < _hardware_gflops_bound()
     conv = torch.nn.Conv3d(2, 4, 3, padding=1)
     assert conv_flops(conv, (1, 2, 4, 4, 4)) == 2 * 4 * 2 * 27 * 64
     prof = profile_ops(lambda: conv(torch.randn(1, 2, 4, 4, 4)))
-    assert prof["conv_s"] > 0 and "convolution" in prof["families"]
+    assert 0 < prof["conv_s"] <= prof["total_s"] and "convolution" in prof["families"]
+    assert sum(prof["families"].values()) == pytest.approx(1.0, abs=0.01)
+    assert [r[1] for r in prof["top"]] == sorted((r[1] for r in prof["top"]), reverse=True)
     res = run_command(["python", "-c", "print('ok')"])
-    assert res["returncode"] == 0 and "ok" in res["output_tail"] and res["peak_rss_mb"] > 0
+    assert res["returncode"] == 0 and "ok" in res["output_tail"] and res["seconds"] > 0
 
 
 def test_run_command_peak_is_the_childs_own(tmp_path):
     import sys
 
     script = tmp_path / "grow.py"
-    script.write_text("import sys\nblock = bytearray(200 * 2**20)\nblock[::4096] = b'x' * len(block[::4096])\n"
-                      "print('argv', sys.argv[1:])\n")
-    held = bytearray(600 * 2**20)  # the parent holds 600 MB: ru_maxrss of a child would show it
+    script.write_text("import sys\nblock = bytearray(int(sys.argv[1]) * 2**20)\n"
+                      "block[::4096] = b'x' * len(block[::4096])\nprint('argv', sys.argv[1:])\n")
+    held = bytearray(600 * 2**20)  # the parent holds 600 MiB: ru_maxrss of a child would show it
     held[::4096] = b"y" * len(held[::4096])
-    res = run_command([sys.executable, str(script), "a", "b"])
-    assert res["returncode"] == 0 and "argv ['a', 'b']" in res["output_tail"], res
-    assert res["peak_source"] == "VmHWM"
-    assert 200 <= res["peak_rss_mb"] < 500, res["peak_rss_mb"]
+    small, large = (run_command([sys.executable, str(script), str(mb), "b"]) for mb in (200, 400))
+    assert small["returncode"] == 0 and "argv ['200', 'b']" in small["output_tail"], small
+    assert small["peak_source"] == large["peak_source"] == "VmHWM"
+    # the child's own pages: 200 MiB more allocated is 200 MiB more peak (the interpreter's
+    # own size cancels out), and none of the parent's 600 MiB
+    assert large["peak_rss_mb"] - small["peak_rss_mb"] == pytest.approx(200, abs=15)
+    assert 200 <= small["peak_rss_mb"] < 600
     res = run_command([sys.executable, "-m", "json.tool", "--help"])
-    assert res["returncode"] == 0 and res["peak_rss_mb"] < 200
+    assert res["returncode"] == 0 and res["peak_rss_mb"] < small["peak_rss_mb"] - 150
     del held
 
 
 def test_conv_flops_counts_the_network():
+    """Every convolution of a forward, counted by hooks: 2 FLOPs per multiply-add."""
     from medresunet.networks import ResidualUNet
 
-    net = ResidualUNet(3, 1, 2, channels=[4, 8])
-    assert conv_flops(net, (1, 1, 8, 8, 8)) > 0
+    net = ResidualUNet(3, 1, 2, channels=[4, 8]).eval()
+    want = []
+
+    def hook(module, inputs, output):
+        k = int(np.prod(module.kernel_size))
+        if isinstance(module, torch.nn.ConvTranspose3d):  # each input voxel scatters a kernel
+            positions = inputs[0].shape[0] * int(np.prod(inputs[0].shape[2:]))
+            want.append(2 * module.in_channels * module.out_channels // module.groups * k * positions)
+        else:  # each output voxel gathers a kernel
+            positions = output.shape[0] * int(np.prod(output.shape[2:]))
+            want.append(2 * module.in_channels // module.groups * module.out_channels * k * positions)
+
+    convs = [m for m in net.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
+    handles = [m.register_forward_hook(hook) for m in convs]
+    with torch.no_grad():
+        net(torch.zeros(1, 1, 8, 8, 8))
+    for h in handles:
+        h.remove()
+    assert len(want) == len(convs) > 4
+    assert conv_flops(net, (1, 1, 8, 8, 8)) == sum(want)
 
 
 def test_sliding_window_tiny():
@@ -63,8 +95,13 @@ def test_sliding_window_tiny():
                 "monai_fp32_mvox_s", "peak_gflops_fp32_matmul", "conv_gflops_in_conv_kernels",
                 "peak_memory_mb", "profile_one_forward", "precision"):
         assert key in fig, key
-    assert fig["argmax_agreement"] >= 0.995
-    assert fig["speedup_vs_monai"] > 0
+    # fp32 on both sides: the same argmax up to summation order; bf16 (chosen where the CPU
+    # has it natively) flips voxels whose untrained-network logits nearly tie (0.991 measured)
+    assert fig["argmax_agreement"] >= (0.999 if fig["precision"] == "fp32" else 0.98), fig["precision"]
+    # the ratio of the two measured times (each the best of interleaved runs), not a constant
+    assert fig["medresunet_s"] == min(fig["medresunet_runs_s"]) and fig["monai_fp32_s"] == min(fig["monai_runs_s"])
+    assert fig["speedup_vs_monai"] == pytest.approx(fig["monai_fp32_s"] / fig["medresunet_s"], rel=0.1)
+    assert 0 < fig["peak_gflops_fp32_matmul"] < _hardware_gflops_bound()
 
 
 def test_training_tiny():
@@ -72,6 +109,8 @@ def test_training_tiny():
     for key in ("speedup_vs_fp32_baseline", "medresunet_s_per_step", "baseline_fp32_s_per_step",
                 "losses", "peak_memory_mb", "precision", "channels_last"):
         assert key in fig, key
+    assert fig["speedup_vs_fp32_baseline"] == pytest.approx(
+        fig["baseline_fp32_s_per_step"] / fig["medresunet_s_per_step"], rel=0.1)
     losses = fig["losses"]
     assert len(losses["medresunet"]) == len(losses["baseline"]) >= 2
     assert np.isfinite(losses["medresunet"]).all()

@@ -16,12 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.evaluate import main as evaluate
+from pipelines.infer import main as infer
 from tests import bad_inputs as B
-
-pytest.importorskip("medresunet.data.transforms")
-
-from pipelines.evaluate import main as evaluate  # noqa: E402
-from pipelines.infer import main as infer  # noqa: E402
 
 
 class Disk:

@@ -11,13 +11,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from medresunet.errors import CheckpointError
+from medresunet.inference.ensemble import Ensemble, check_members
+from medresunet.inference.postprocess import LabelRule
+from medresunet.inference.predictor import Predictor
 from tests.synthetic import ellipsoid, make_affine, write_nifti
-
-pytest.importorskip("medresunet.data.transforms")
-
-from medresunet.inference.ensemble import Ensemble, check_members  # noqa: E402
-from medresunet.inference.postprocess import LabelRule  # noqa: E402
-from medresunet.inference.predictor import Predictor  # noqa: E402
 
 SHAPE = (24, 20, 12)
 

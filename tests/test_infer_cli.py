@@ -12,12 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medresunet.io import read_geometry
+from pipelines.infer import main
 from tests.synthetic import ellipsoid, make_affine, write_nifti
-
-pytest.importorskip("medresunet.data.transforms")
-
-from medresunet.io import read_geometry  # noqa: E402
-from pipelines.infer import main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (20, 16, 8)

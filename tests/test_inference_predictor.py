@@ -13,12 +13,9 @@ import pytest
 import torch
 
 from medresunet.errors import ScanError
+from medresunet.inference.predictor import Predictor
+from medresunet.io import read_geometry, write_segmentation
 from tests.synthetic import ellipsoid, make_affine, write_nifti
-
-pytest.importorskip("medresunet.data.transforms")
-
-from medresunet.inference.predictor import Predictor  # noqa: E402
-from medresunet.io import read_geometry, write_segmentation  # noqa: E402
 
 FG, BG, THRESHOLD = 100.0, 0.0, 50.0
 

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import warnings
 
+import monai.metrics as monai_metrics
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 from medresunet.io.geometry import Geometry
 from medresunet.metrics import case_metrics
 from tests.synthetic import make_affine
-
-torch = pytest.importorskip("torch")
-monai_metrics = pytest.importorskip("monai.metrics")
 
 TOL = {"dice": 1e-6, "hd_mm": 1e-4, "hd95_mm": 1e-4, "assd_mm": 1e-4, "nsd": 1e-6}
 
