@@ -5,14 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
+from medresunet.inference.batch import BatchOptions, segment_folder
 from tests.synthetic import make_affine, write_nifti
-
-pytest.importorskip("medresunet.data.transforms")
-
-from medresunet.inference.batch import BatchOptions, segment_folder  # noqa: E402
-from tests.test_infer_cli import _checkpoint, _image  # noqa: E402
+from tests.test_infer_cli import _checkpoint, _image
 
 
 def _folder(root: Path) -> None:
