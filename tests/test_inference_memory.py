@@ -18,14 +18,11 @@ import pytest
 import torch
 
 from medresunet.inference import memory as mem
+from medresunet.inference.predictor import Predictor
 from medresunet.inference.sliding import sliding_window_logits
 from medresunet.inference.tta import predict_probabilities
 from tests.synthetic import make_affine, write_nifti
-
-pytest.importorskip("medresunet.data.transforms")
-
-from medresunet.inference.predictor import Predictor  # noqa: E402
-from tests.test_inference_predictor import checkpoint, preprocessing, structure  # noqa: E402
+from tests.test_inference_predictor import checkpoint, preprocessing, structure
 
 #: Logit scale of the half-precision test's network: at 5 the fp16 labels differ from fp32 on
 #: 2-4 of 10920 voxels (>= 99.96 %); an untrained scale of 1 sits at 99.86 % with flips.
