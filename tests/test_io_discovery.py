@@ -75,3 +75,10 @@ def test_study_folder_with_series_subfolders(tmp_path):
     with pytest.raises(ScanError, match="subfolders hold series") as err:
         read_volume(study)
     assert "s1" in str(err.value) and "s2" in str(err.value)
+
+
+def test_case_id_from_a_manifest_path() -> None:
+    assert case_id_from_path("./imagesTr/liver_3.nii.gz") == "liver_3"
+    assert case_id_from_path("a.b.nrrd") == "a.b"
+    assert case_id_from_path("/x/series_7/") == "series_7"
+    assert case_id_from_path("notes.gz") == "notes.gz"  # one rule: a bare .gz is no scan suffix

@@ -16,7 +16,6 @@ from medresunet.manifest import (
     Case,
     Manifest,
     assign_folds,
-    case_id_from_name,
     load_manifest,
     save_manifest,
     split_cases,
@@ -135,12 +134,6 @@ def test_msd_errors(tmp_path: Path) -> None:
 def test_check_files_false_skips_existence(tmp_path: Path) -> None:
     m = load_manifest(write(tmp_path / "m.json", base_doc()), check_files=False)
     assert len(m.cases) == 2
-
-
-def test_case_id_from_name() -> None:
-    assert case_id_from_name("./imagesTr/liver_3.nii.gz") == "liver_3"
-    assert case_id_from_name("a.b.nrrd") == "a.b"
-    assert case_id_from_name("/x/series_7/") == "series_7"
 
 
 @pytest.mark.parametrize("name", ["example.json", "example.yaml"])

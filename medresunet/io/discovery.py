@@ -16,7 +16,7 @@ from pathlib import Path
 
 from medresunet.errors import UsageError
 from medresunet.io.dicom import has_series_files
-from medresunet.io.reading import ITK_SUFFIXES, NIFTI_SUFFIXES
+from medresunet.io.reading import ITK_SUFFIXES, NIFTI_SUFFIXES, scan_kind
 
 _SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
 
@@ -33,23 +33,15 @@ class ScanRef:
 def case_id_from_path(path: str | os.PathLike[str]) -> str:
     """The case id of a scan path: the name without its image extension.
 
-    ``"x.nii.gz" -> "x"``, ``"x.nrrd" -> "x"``, ``"dicom/x" -> "x"`` (folder name).
+    ``"x.nii.gz" -> "x"``, ``"x.nrrd" -> "x"``, ``"dicom/x/" -> "x"`` (folder name). The one
+    rule for every case id taken from a path (scan discovery, manifests, pairing).
     """
-    name = Path(path).name
+    name = Path(str(path).rstrip("/\\")).name
     lower = name.lower()
     for suffix in _SUFFIXES:
         if lower.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return name
-
-
-def _file_kind(path: Path) -> str | None:
-    lower = path.name.lower()
-    if lower.endswith(NIFTI_SUFFIXES):
-        return "nifti"
-    if lower.endswith(ITK_SUFFIXES):
-        return "itk"
-    return None
 
 
 def _hidden(name: str) -> bool:
@@ -69,7 +61,7 @@ def discover_scans(root: str | os.PathLike[str]) -> list[ScanRef]:
     if not root.exists():
         raise UsageError(f"{root}: input does not exist; expected a scan file or a folder")
     if root.is_file():
-        kind = _file_kind(root)
+        kind = scan_kind(root)
         if kind is None:
             raise UsageError(f"{root}: not a scan file; expected .nii/.nii.gz, .nrrd/.nhdr, "
                              ".mha/.mhd, or a folder (of scans or of one DICOM series)")
@@ -83,7 +75,7 @@ def discover_scans(root: str | os.PathLike[str]) -> list[ScanRef]:
             if _hidden(name):
                 continue
             path = folder / name
-            kind = _file_kind(path)
+            kind = scan_kind(path)
             if kind is not None:
                 found.append(ScanRef(case_id_from_path(path), path, kind))
             else:
@@ -99,3 +91,8 @@ def discover_scans(root: str | os.PathLike[str]) -> list[ScanRef]:
                              f"{by_id[ref.case_id].path} and {ref.path}; rename one of them")
         by_id[ref.case_id] = ref
     return [by_id[k] for k in sorted(by_id)]
+
+
+def scans_by_id(root: str | os.PathLike[str]) -> dict[str, Path]:
+    """Case id -> scan path of every scan under ``root`` (:func:`discover_scans`)."""
+    return {ref.case_id: ref.path for ref in discover_scans(root)}

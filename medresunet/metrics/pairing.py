@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medresunet.errors import ManifestError
+from medresunet.io.discovery import scans_by_id
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,6 @@ class References:
     images: dict[str, Path] = field(default_factory=dict)
 
 
-def _scans_by_id(root: Path) -> dict[str, Path]:
-    from medresunet.io import discover_scans
-
-    return {ref.case_id: ref.path for ref in discover_scans(root)}
-
-
 def is_manifest_path(path: Path) -> bool:
     """True if ``path`` is a manifest file (JSON/YAML) rather than a folder of labels."""
     return path.is_file() and path.name.lower().endswith(MANIFEST_SUFFIXES)
@@ -74,7 +69,7 @@ def read_references(ref: str | os.PathLike[str]) -> References:
     """
     ref = Path(ref)
     if not is_manifest_path(ref):
-        return References(source=ref, labels=_scans_by_id(ref))
+        return References(source=ref, labels=scans_by_id(ref))
     from medresunet.manifest import load_manifest
 
     manifest = load_manifest(ref)
@@ -152,11 +147,11 @@ def pair_cases(pred: str | os.PathLike[str], ref: str | os.PathLike[str],
         UsageError: a folder does not exist. ManifestError: an invalid manifest, or one
         without a labelled case.
     """
-    predictions = _scans_by_id(Path(pred))
+    predictions = scans_by_id(Path(pred))
     refs = read_references(ref)
     if refs.label_map is not None and not refs.labels:
         raise ManifestError(f"{ref}: no case has a label; expected reference labels to compare with")
-    pairing = pair(predictions, refs, None if images is None else _scans_by_id(Path(images)), pred)
+    pairing = pair(predictions, refs, None if images is None else scans_by_id(Path(images)), pred)
     if pairing.labels is None:
         pairing.labels = labels_from_run_record(pred)
     return pairing
