@@ -10,7 +10,7 @@ import pytest
 
 import medresunet.io.readers as readers
 from medresunet.config import AugmentConfig, DataConfig
-from medresunet.data.datasets import make_data_loader, make_train_dataset, make_val_dataset
+from medresunet.data.datasets import make_train_dataset, make_val_dataset
 from medresunet.data.preprocessing import ChannelNorm, Preprocessing
 from medresunet.errors import ConfigError
 from tests.synthetic import make_affine, sphere_phantom, write_nifti
@@ -53,7 +53,9 @@ def test_cached_dataset_reads_files_once(cases, read_counter, tmp_path, cache):
     cfg = DataConfig(patch_size=PATCH, samples_per_volume=2, cache=cache,
                      cache_dir=str(tmp_path / "cache"), augment=AugmentConfig(enabled=False))
     ds = make_train_dataset(cases, _prep(), cfg)
-    loader = make_data_loader(ds, batch_size=2, shuffle=True)
+    from monai.data import DataLoader  # the training loop's loader (list_data_collate)
+
+    loader = DataLoader(ds, batch_size=2, shuffle=True)
     for _ in range(2):                                    # two epochs
         batches = list(loader)
         assert len(batches) == 1

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from medresunet.data.phantoms import LABELS, grid_affine, make_demo_dataset, make_phantom_case
-from medresunet.io.dicom_export import read_dicom_series_ras, right_handed, write_dicom_series
+from medresunet.io import read_volume
+from medresunet.io.dicom_export import right_handed, write_dicom_series
 
 COARSE = (4.0, 4.0, 4.0)  # tiny volumes (36 x 30 x 24 voxels)
 
@@ -95,7 +96,8 @@ def test_dicom_export_round_trip(tmp_path, kind):
     folder = write_dicom_series(hu, affine, tmp_path / "series", patient_id="p1", seed=5)
     files = sorted(folder.iterdir())
     assert len(files) == 4 and not list(tmp_path.glob(".tmp-*"))
-    array, got = read_dicom_series_ras(folder)
+    array, geometry = read_volume(folder)  # the project's DICOM reader
+    got = geometry.affine
     want_array, want_affine = right_handed(hu, affine)
     np.testing.assert_array_equal(array, want_array)
     np.testing.assert_allclose(got, want_affine, atol=1e-5)

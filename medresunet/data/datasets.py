@@ -99,18 +99,3 @@ def make_val_dataset(cases: Sequence, prep: Preprocessing, cache: str = "memory"
         (1, X, Y, Z), "case_id": str}`` in the preprocessed space.
     """
     return _dataset(case_dicts(cases), val_transforms(prep), cache, cache_dir, prep, num_workers, progress)
-
-
-def make_data_loader(dataset, batch_size: int, shuffle: bool, num_workers: int = 0,
-                     pin_memory: bool = False):
-    """``monai.data.DataLoader`` with ``list_data_collate``.
-
-    ``list_data_collate`` flattens the per-volume lists of patches, so a training
-    batch holds ``batch_size * samples_per_volume`` patches. MONAI's DataLoader also
-    seeds each worker's random transforms.
-    """
-    from monai.data import DataLoader, list_data_collate
-
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      collate_fn=list_data_collate, pin_memory=pin_memory,
-                      persistent_workers=num_workers > 0)

@@ -180,25 +180,3 @@ def write_dicom_series(
         raise
     log.debug("wrote DICOM series %s (%d slices, %s)", out_dir, stored.shape[2], series_uid)
     return out_dir
-
-
-def read_dicom_series_ras(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read a single-series DICOM folder with SimpleITK: ``(array (I, J, K), RAS affine)``.
-
-    A small, dependency-free reader for checking :func:`write_dicom_series` (the project's
-    readers live in :mod:`medresunet.io.reading`). Rescale slope/intercept are applied.
-    """
-    import SimpleITK as sitk
-
-    reader = sitk.ImageSeriesReader()
-    files = reader.GetGDCMSeriesFileNames(str(folder))
-    if not files:
-        raise ValueError(f"{folder}: no DICOM series found")
-    reader.SetFileNames(files)
-    image = reader.Execute()
-    array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
-    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
-    affine = np.eye(4)
-    affine[:3, :3] = _LPS @ direction * np.asarray(image.GetSpacing(), dtype=float)[None, :]
-    affine[:3, 3] = _LPS @ np.asarray(image.GetOrigin(), dtype=float)
-    return array, affine

@@ -74,13 +74,6 @@ class Geometry:
         norms = np.linalg.norm(self.affine[:3, :3], axis=0)
         return tuple(float(n) for n in norms[: self.ndim])
 
-    def voxel_to_world(self, ijk) -> np.ndarray:
-        """World RAS mm of voxel indices ``ijk`` (shape ``(..., ndim)``) -> ``(..., 3)``."""
-        ijk = np.asarray(ijk, dtype=np.float64)
-        pad = np.zeros((*ijk.shape[:-1], 3 - ijk.shape[-1]))
-        ijk3 = np.concatenate([ijk, pad], axis=-1)
-        return ijk3 @ self.affine[:3, :3].T + self.affine[:3, 3]
-
     def same_grid(self, other: Geometry, atol: float = 1e-4) -> bool:
         """True if ``other`` has the same shape and (within ``atol`` mm) the same affine."""
         return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol))

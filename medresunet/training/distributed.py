@@ -232,11 +232,6 @@ def all_reduce_sum(info: DistInfo, values: Sequence[float]) -> list[float]:
     return [float(v) for v in t.cpu().tolist()]
 
 
-def any_rank(info: DistInfo, flag: bool) -> bool:
-    """True on every rank when ``flag`` is true on at least one."""
-    return all_reduce_sum(info, [1.0 if flag else 0.0])[0] > 0
-
-
 # --- sharding -------------------------------------------------------------------------
 
 
