@@ -232,9 +232,6 @@ def _timings_html(record: Mapping[str, Any], curves: Curves | None) -> str:
     if curves is not None and np.isfinite(curves.seconds).any():
         s, val = curves.seconds, np.isfinite(curves.dice_mean)
         rows.append(("seconds per epoch (median)", float(np.nanmedian(s))))
-        if val.any() and (~val).any():
-            rows.append(("of which validation (s, median difference)",
-                         float(np.nanmedian(s[val]) - np.nanmedian(s[~val]))))
         steps = np.diff(np.concatenate([[0.0], curves.step]))
         ok = (steps > 0) & np.isfinite(s) & ~val
         if ok.any():
