@@ -1,4 +1,4 @@
-"""Cached MONAI datasets of training / validation cases, and their DataLoader.
+"""Cached MONAI datasets of training / validation cases (the training loop builds its DataLoader).
 
 The deterministic part of each chain (load, orient, resample, crop, normalise, pad)
 runs once per case: ``CacheDataset`` keeps its output in memory (``data.cache:
