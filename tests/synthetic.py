@@ -1,7 +1,8 @@
-"""Synthetic anatomy with known answers, and the affines the geometry tests use.
+"""The affines the geometry tests use, a NIfTI writer with scale factors, and the phantoms.
 
 Shared by the test modules; written with non-identity, anisotropic affines so that a
-transposed axis or a dropped sign cannot pass unnoticed.
+transposed axis or a dropped sign cannot pass unnoticed. The phantoms with known answers
+(:func:`sphere_phantom`, :func:`ellipsoid`) are the library's (:mod:`medresunet.data.phantoms`).
 """
 
 from __future__ import annotations
@@ -11,11 +12,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medresunet.data.phantoms import rotation
+from medresunet.data.phantoms import ellipsoid, rotation, sphere_phantom  # the one phantom module
 
 __all__ = ["ellipsoid", "make_affine", "rotation", "sphere_phantom", "write_nifti"]
-
-
 
 
 def make_affine(kind: str = "ras", spacing=(1.0, 1.0, 1.0), origin=(-20.0, 15.0, 7.5)) -> np.ndarray:
@@ -44,33 +43,6 @@ def make_affine(kind: str = "ras", spacing=(1.0, 1.0, 1.0), origin=(-20.0, 15.0,
     affine[:3, :3] = rot * spacing[None, :]
     affine[:3, 3] = origin
     return affine
-
-
-def ellipsoid(shape, center, radii) -> np.ndarray:
-    """Boolean ellipsoid (radii in voxels) on a grid of ``shape``."""
-    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
-    dist = sum(((g - c) / r) ** 2 for g, c, r in zip(grids, center, radii, strict=True))
-    return dist <= 1.0
-
-
-def sphere_phantom(shape=(40, 36, 24), seed: int = 0, spacing=(1.0, 1.0, 3.0)):
-    """An image with two labelled ellipsoids (1: large, 2: small) and noise.
-
-    Returns ``(image float32, label uint8)`` in voxel order, sized in voxels so that
-    the structures look round in mm for the given spacing.
-    """
-    rng = np.random.default_rng(seed)
-    shape = tuple(shape)
-    label = np.zeros(shape, np.uint8)
-    c = np.array(shape) / 2.0
-    big = ellipsoid(shape, c + [-4, 0, 0], np.array([9.0, 9.0, 9.0]) / np.asarray(spacing))
-    small = ellipsoid(shape, c + [9, 6, 0], np.array([4.0, 4.0, 4.0]) / np.asarray(spacing))
-    label[big] = 1
-    label[small] = 2
-    image = rng.normal(0.0, 20.0, shape).astype(np.float32) - 100.0
-    image[label == 1] += 180.0
-    image[label == 2] += 320.0
-    return image.astype(np.float32), label
 
 
 def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray, dtype=None,

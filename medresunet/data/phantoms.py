@@ -9,6 +9,9 @@ they do between scanners:
 * 2 ``kidney``: a medium deformed ellipsoid, left and posterior;
 * 3 ``lesion``: a small (about 5-12 mL) hypodense, cyst-like blob inside the liver.
 
+:func:`sphere_phantom` is the simple one with known answers that the tests use (two
+ellipsoids in voxel space, Gaussian noise).
+
 Intensities are CT-like HU (or MR-like for ``modality="MR"``) with a smooth tissue texture,
 partial-volume blur, a smooth multiplicative bias field and white (CT) or Rician (MR) noise.
 :func:`make_demo_dataset` writes a whole dataset: NIfTI images and labels, one test case as
@@ -223,6 +226,36 @@ def make_phantom_case(seed: int, shape=None, spacing=(1.5, 1.5, 1.5), orientatio
         sigma = 25.0
         image = np.sqrt((image + rng.normal(0, sigma, shape)) ** 2 + rng.normal(0, sigma, shape) ** 2)
     return PhantomCase(image.astype(np.float32), label, affine)
+
+
+# ------------------------------------------------------------------------- test phantoms
+
+
+def ellipsoid(shape, center, radii) -> np.ndarray:
+    """Boolean ellipsoid (radii in voxels) on a grid of ``shape``."""
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    dist = sum(((g - c) / r) ** 2 for g, c, r in zip(grids, center, radii, strict=True))
+    return dist <= 1.0
+
+
+def sphere_phantom(shape=(40, 36, 24), seed: int = 0, spacing=(1.0, 1.0, 3.0)) -> tuple[np.ndarray, np.ndarray]:
+    """An image with two labelled ellipsoids (1: large, 2: small) and noise: known answers for tests.
+
+    Returns ``(image float32, label uint8)`` in voxel order, sized in voxels so that
+    the structures look round in mm for the given spacing (radii 9 and 4 mm).
+    """
+    rng = np.random.default_rng(seed)
+    shape = tuple(shape)
+    label = np.zeros(shape, np.uint8)
+    c = np.array(shape) / 2.0
+    big = ellipsoid(shape, c + [-4, 0, 0], np.array([9.0, 9.0, 9.0]) / np.asarray(spacing))
+    small = ellipsoid(shape, c + [9, 6, 0], np.array([4.0, 4.0, 4.0]) / np.asarray(spacing))
+    label[big] = 1
+    label[small] = 2
+    image = rng.normal(0.0, 20.0, shape).astype(np.float32) - 100.0
+    image[label == 1] += 180.0
+    image[label == 2] += 320.0
+    return image.astype(np.float32), label
 
 
 # ------------------------------------------------------------------------- datasets on disk
