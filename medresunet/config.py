@@ -185,19 +185,36 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML ({err})") from err
 
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
+def _presets_dir() -> Path:
+    """The presets shipped inside the package (``medresunet/presets/*.yaml``).
+
+    Read through :mod:`importlib.resources`, so that a wheel install (not ``-e``) finds
+    them; the repository's ``configs/`` is their readable copy (a test keeps the two equal).
+    """
+    from importlib.resources import files
+
+    return Path(str(files("medresunet") / "presets"))
+
+
+PRESETS_DIR = _presets_dir()
+
+
+def preset_names() -> list[str]:
+    """The names of the shipped presets (``2d``, ``3d``, ``article``, ``demo``, ...)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
-    """A config path, or the name of a preset in ``configs/`` (``3d``, ``2d``, ``article``, ``demo``)."""
+    """A config path, or the name of a shipped preset (``3d``, ``2d``, ``article``, ``demo``)."""
     candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+    # a file, not a folder: a run or demo folder named "demo" must not hide the preset
+    if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
         return candidate
     preset = PRESETS_DIR / f"{name_or_path}.yaml"
-    if preset.exists():
+    if preset.is_file():
         return preset
-    known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-    raise ConfigError(f"{name_or_path}: no such config file, and not a preset (known presets: {known})")
+    raise ConfigError(f"{name_or_path}: no such config file, and not a preset "
+                      f"(known presets: {preset_names()})")
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

@@ -23,6 +23,26 @@ def test_presets_exist():
     assert {"3d", "2d", "article", "demo"} <= set(PRESETS)
 
 
+def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()  # e.g. medresunet-demo --output demo
+    assert resolve_config_path("demo") == PRESETS_DIR / "demo.yaml"
+    assert load_config("demo").model.channels == (8, 16, 32, 64)
+
+
+def test_shipped_presets_equal_the_readable_copies():
+    """medresunet/presets/ ships in the wheel; configs/ is the copy a reader opens: the same bytes."""
+    from pathlib import Path
+
+    copies = Path(__file__).resolve().parents[1] / "configs"
+    assert PRESETS_DIR.parent.name == "medresunet" and PRESETS_DIR.name == "presets"
+    assert sorted(p.name for p in copies.glob("*.yaml")) == sorted(p.name for p in PRESETS_DIR.glob("*.yaml"))
+    for shipped in PRESETS_DIR.glob("*.yaml"):
+        assert (copies / shipped.name).read_bytes() == shipped.read_bytes(), (
+            f"configs/{shipped.name} differs from medresunet/presets/{shipped.name}: "
+            "edit the preset in medresunet/presets/ and copy it to configs/")
+
+
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_preset_loads_and_roundtrips(name):
     cfg = load_config(name)
