@@ -35,7 +35,14 @@ def _parser() -> argparse.ArgumentParser:
                           "checkpoint; one OUTPUT/<id>.nii.gz per scan, in the scan's geometry.")
     p.add_argument("--model", required=True, type=Path, action="append",
                    help="checkpoint (.pt) written by medresunet-train, or a run folder trained with --fold "
-                        "(its folds' ensemble and postprocessing.json); repeat to ensemble checkpoints")
+                        "(its folds' ensemble and postprocessing.json); repeat to ensemble checkpoints; "
+                        "or an export written by medresunet-export (its folder, model.onnx, model.ts, "
+                        "model_int8.xml)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
+                   help="what runs an exported network; auto: the fastest installed for the device "
+                        "(timed on one window batch; torch on CUDA); a checkpoint runs on torch")
+    p.add_argument("--dicom-seg", action="store_true",
+                   help="also write OUTPUT/<id>.seg.dcm (DICOM SEG, highdicom) for DICOM series inputs")
     p.add_argument("--input", required=True, type=Path,
                    help="a scan file, a DICOM series folder, or a folder of scans")
     p.add_argument("--output", required=True, type=Path, help="output folder")
@@ -82,6 +89,11 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--min-component-ml: expected >= 0 mL, got {args.min_component_ml}")
     if args.labels is not None and not args.labels.exists():
         raise UsageError(f"--labels {args.labels}: no such folder or manifest")
+    if args.dicom_seg:
+        import importlib.util
+
+        if importlib.util.find_spec("highdicom") is None:
+            raise UsageError("--dicom-seg: highdicom is not installed; pip install 'medresunet[dicom-seg]'")
     if args.output.exists() and not args.output.is_dir():
         raise UsageError(f"--output {args.output}: exists and is not a folder")
     if args.labels is not None and not args.overwrite:
@@ -131,6 +143,38 @@ def _evaluate(args: argparse.Namespace, outputs: dict[str, Path], images: dict[s
     return {k: str(v) for k, v in result.paths.items()}, [(c, f"evaluation: {r}") for c, r in result.failures]
 
 
+def check_dicom_seg_input(source: Path) -> None:
+    """--dicom-seg needs at least one DICOM series among the inputs."""
+    from medresunet.errors import UsageError
+    from medresunet.io import discover_scans
+
+    if not any(s.kind == "dicom" for s in discover_scans(source)):
+        raise UsageError(f"--dicom-seg: DICOM SEG needs a DICOM source series, and --input {source} "
+                         "holds none (NIfTI/NRRD/MHA only); drop --dicom-seg or give DICOM series folders")
+
+
+def dicom_seg_writer(members: list[str], labels: dict[str, int], series_uid: str | None):
+    """The batch loop's extra output: OUTPUT/<id>.seg.dcm for each DICOM series input."""
+    import medresunet
+    from medresunet.export.loading import model_identity
+    from medresunet.io import scan_kind
+    from medresunet.io.dicom_seg import Algorithm, seg_target, write_dicom_seg
+
+    ident = model_identity(tuple(members))  # hashed once per run
+    algorithm = Algorithm("medresunet", medresunet.__version__, ident["sha256"], ident["name"])
+
+    def write(case_id: str, loaded: Any, result: Any, output: Path) -> dict[str, Any]:
+        source = loaded.paths[0]
+        if scan_kind(source) != "dicom":
+            log.warning("%s: no DICOM SEG: DICOM SEG needs a DICOM source series, %s is not one",
+                        case_id, source)
+            return {"dicom_seg": None}
+        path = write_dicom_seg(result.labels, loaded.geometry, source, seg_target(output, case_id),
+                               labels, algorithm, series_uid=series_uid)
+        return {"dicom_seg": str(path)}
+    return write
+
+
 def _run(args: argparse.Namespace) -> int:
     _check_args(args)
     with distributed.session(args.device) as (dist, device):
@@ -138,13 +182,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_rank(args: argparse.Namespace, dist: Any, device: Any) -> int:
+    from medresunet.export.loading import open_any
     from medresunet.inference.batch import BatchOptions, segment_folder
-    from medresunet.inference.ensemble import open_models
     from medresunet.runinfo import write_run_json
 
     _quiet_third_party()
-    predictor, model_info = open_models(
-        args.model, postprocessing=not args.no_postprocessing, device=device, overlap=args.overlap,
+    if args.dicom_seg:
+        check_dicom_seg_input(args.input)
+    predictor, model_info = open_any(
+        args.model, args.backend, postprocessing=not args.no_postprocessing, device=device, overlap=args.overlap,
         sw_batch_size=args.sw_batch_size, tta=args.tta, precision=args.precision,
         stitch_device=args.stitch_device, largest_component=args.largest_component,
         min_component_ml=args.min_component_ml)
@@ -152,7 +198,9 @@ def _run_rank(args: argparse.Namespace, dist: Any, device: Any) -> int:
     record_info = {"checkpoint": members[0] if len(members) == 1 else None, **model_info}
     shard = (args.shard_index, args.shard_count) if args.shard is not None else None
     options = BatchOptions(overwrite=args.overwrite, save_probabilities=args.save_probabilities,
-                           series_uid=args.series_uid, shard=shard, quiet=args.quiet, record_info=record_info)
+                           series_uid=args.series_uid, shard=shard, quiet=args.quiet, record_info=record_info,
+                           extra_outputs=dicom_seg_writer(model_info["members"], predictor.labels,
+                                                          args.series_uid) if args.dicom_seg else None)
     run = segment_folder(predictor, args.input, args.output, options, dist)
     if dist.enabled and not dist.is_main:  # rank 0 evaluates and writes run.json
         return EXIT_FAILED_CASES if run.failures else EXIT_OK

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -67,6 +67,8 @@ class BatchOptions:
         quiet: no progress bar and no per-failure line on stderr.
         record_info: what the run records say about the model (e.g. ``checkpoint``,
             ``members``, ``postprocessing``), written after ``environment``.
+        extra_outputs: ``f(case_id, loaded, prediction, output) -> dict`` run after a scan's
+            NIfTI is written (e.g. its DICOM SEG); the dict joins the scan's record.
     """
 
     overwrite: bool = False
@@ -75,6 +77,7 @@ class BatchOptions:
     shard: tuple[int, int] | None = None
     quiet: bool = False
     record_info: Mapping[str, Any] = field(default_factory=dict)
+    extra_outputs: Callable[[str, Any, Any, Path], dict[str, Any]] | None = None
 
 
 @dataclass
@@ -181,7 +184,7 @@ def start_batch(predictor: ScanPredictor, source: str | Path, output: str | Path
 
 
 def segment_scan(predictor: ScanPredictor, loaded: Any, case_id: str, output: Path,
-                 save_probabilities: bool = False) -> dict[str, Any]:
+                 save_probabilities: bool = False, extra_outputs: Callable | None = None) -> dict[str, Any]:
     """The per-scan step: predict a loaded scan and write its outputs in its own geometry.
 
     Args:
@@ -190,6 +193,7 @@ def segment_scan(predictor: ScanPredictor, loaded: Any, case_id: str, output: Pa
         case_id: the scan's case id (the output file name).
         output: the output folder.
         save_probabilities: also write ``output/probabilities/<id>.nii.gz``.
+        extra_outputs: see :class:`BatchOptions`.
 
     Returns:
         The scan's record: ``status: ok``, ``output``, ``seconds`` (per stage) and
@@ -204,6 +208,8 @@ def segment_scan(predictor: ScanPredictor, loaded: Any, case_id: str, output: Pa
         probs = write_probabilities(result.probabilities, loaded.geometry,
                                     output / "probabilities" / f"{case_id}.nii.gz")
         record["probabilities"] = str(probs)
+    if extra_outputs is not None:
+        record.update(extra_outputs(case_id, loaded, result, output))
     return record
 
 
@@ -244,7 +250,7 @@ def segment_all(predictor: ScanPredictor, run: BatchRun, todo: Sequence[Any], op
                 if i + 1 < len(todo):
                     pending = pool.submit(load, todo[i + 1])  # prefetch while this one runs
                 record.update(segment_scan(predictor, current.result(), scan.case_id, run.output,
-                                           options.save_probabilities))
+                                           options.save_probabilities, options.extra_outputs))
                 run.outputs[scan.case_id] = Path(record["output"])
             except Exception as err:  # noqa: BLE001 - one bad scan must not stop the batch
                 reason = failure_reason(err, scan.path)

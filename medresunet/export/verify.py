@@ -1,0 +1,72 @@
+"""Parity of an exported network with the checkpoint's: logits and argmax agreement.
+
+Two inputs, both through the runner exactly as the sliding window calls it: a random
+window (noise of the patch size) and a real-sized input (a smooth, structured volume about
+1.5 times the patch plus one voxel per axis, so no axis is a multiple of the stride and the
+dynamic axes and the padding are exercised).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+DEFAULT_TOLERANCE = 1e-3  # max |logit difference| allowed (fp32 graphs differ by ~1e-5)
+MIN_AGREEMENT = 0.999  # argmax agreement allowed (ties of near-equal logits may flip)
+
+
+def verification_inputs(channels: int, patch_size: Sequence[int], seed: int = 0) -> dict[str, torch.Tensor]:
+    """``{"random_window": (1, C, *patch), "real_sized": (1, C, *~1.5 patch + 1)}``."""
+    gen = torch.Generator().manual_seed(seed)
+    patch = [int(p) for p in patch_size]
+    window = torch.randn(1, channels, *patch, generator=gen)
+    size = [p + p // 2 + 1 for p in patch]
+    grids = torch.meshgrid(*[torch.linspace(-1, 1, s) for s in size], indexing="ij")
+    radius = torch.sqrt(sum(g**2 for g in grids))
+    blobs = torch.stack([torch.cos(3.0 * radius + c) * 2.0 for c in range(channels)])
+    real = (blobs + 0.3 * torch.randn(channels, *size, generator=gen))[None]
+    return {"random_window": window, "real_sized": real}
+
+
+def compare(reference: Any, runner: Any, inputs: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
+    """Max |logit difference| and argmax agreement of ``runner`` against ``reference`` per input."""
+    out: dict[str, dict[str, Any]] = {}
+    with torch.inference_mode():
+        for name, x in inputs.items():
+            ref = torch.as_tensor(reference(x)).float()
+            got = torch.as_tensor(runner(x)).float()
+            if got.shape != ref.shape:
+                out[name] = {"shape": list(x.shape), "error": f"output shape {tuple(got.shape)}, "
+                                                               f"expected {tuple(ref.shape)}"}
+                continue
+            out[name] = {"shape": list(x.shape),
+                         "max_abs_diff": float((ref - got).abs().max()),
+                         "argmax_agreement": float((ref.argmax(1) == got.argmax(1)).float().mean())}
+    return out
+
+
+def passed(result: dict[str, dict[str, Any]], tolerance: float = DEFAULT_TOLERANCE) -> bool:
+    """True when every input is within ``tolerance`` and agrees on >= :data:`MIN_AGREEMENT`."""
+    return all("error" not in r and r["max_abs_diff"] <= tolerance and r["argmax_agreement"] >= MIN_AGREEMENT
+               for r in result.values())
+
+
+def format_rows(backend: str, result: dict[str, dict[str, Any]]) -> list[str]:
+    """Printable lines: backend, input, shape, max |diff|, argmax agreement."""
+    lines = []
+    for name, r in result.items():
+        shape = "x".join(str(s) for s in r["shape"][2:])
+        if "error" in r:
+            lines.append(f"{backend:14s} {name:14s} {shape:>12s}  {r['error']}")
+        else:
+            lines.append(f"{backend:14s} {name:14s} {shape:>12s}  max|diff| {r['max_abs_diff']:.2e}  "
+                         f"argmax agreement {100 * r['argmax_agreement']:.3f} %")
+    return lines
+
+
+def label_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of voxels where two label volumes agree."""
+    return float(np.mean(np.asarray(a) == np.asarray(b)))
