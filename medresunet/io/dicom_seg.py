@@ -222,7 +222,8 @@ def labels_from_seg(seg_path: str | os.PathLike[str], series: SeriesInfo,
     frames = seg.pixel_array if int(seg.NumberOfFrames) > 1 else seg.pixel_array[None]
     for index, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
         ref = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        ident = item if "SegmentIdentificationSequence" in item else seg.SharedFunctionalGroupsSequence[0]
+        number = int(ident.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
         k = uids.index(str(ref))
         mask = frames[index].T.astype(bool)
         out[:, :, k][mask] = values[number - 1]
