@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 
-SECTIONS = ("sliding_window", "infer_end_to_end", "evaluation", "training")
+SECTIONS = ("sliding_window", "infer_end_to_end", "evaluation", "training", "backends")
 
 
 def _machine() -> dict:
@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\nsection              speedup", file=sys.stderr)
     for section in args.only or SECTIONS:
         fig = results[section]
-        ratio = fig.get("speedup_vs_monai", fig.get("speedup_vs_fp32_baseline", fig.get("error")))
+        ratio = fig.get("speedup_vs_monai", fig.get("speedup_vs_fp32_baseline",
+                                                    fig.get("speedup_vs_torch", fig.get("error"))))
         print(f"{section:20s} {ratio}", file=sys.stderr)
     return 1 if failed else 0
 
