@@ -116,6 +116,7 @@ def quantize_openvino(onnx_path: str | os.PathLike[str], target: str | os.PathLi
     import nncf
     import openvino as ov
 
+    nncf.set_log_level(logging.WARNING)  # its INFO lines and progress bars are not the user's business
     model = ov.Core().read_model(str(onnx_path))
     quantized = nncf.quantize(model, nncf.Dataset(list(patches)), subset_size=len(patches),
                               preset=nncf.QuantizationPreset.MIXED)  # asymmetric activations (LeakyReLU)
