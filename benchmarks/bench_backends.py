@@ -13,8 +13,8 @@ torch path and label (argmax) agreement with it; ``speedup_vs_torch`` is the fas
 backend's, ``label_agreement`` that backend's agreement; ``auto`` is the backend
 ``--backend auto`` picks on this machine.
 
-Inputs: ``MEDRESUNET_BENCH_CHECKPOINT`` (a trained ``.pt``; default: the demo network with
-random weights, seed 0), ``MEDRESUNET_BENCH_SCAN`` (a scan preprocessed with the
+Inputs: ``MEDRESUNET_BENCH_CHECKPOINT`` (a trained ``.pt``; default: the ``configs/3d.yaml``
+network, ``--quick``: the demo network, with random weights, seed 0), ``MEDRESUNET_BENCH_SCAN`` (a scan preprocessed with the
 checkpoint's own preprocessing; default: a CT-like phantom, normalised), and
 ``MEDRESUNET_BENCH_MANIFEST`` (calibration + Dice check of int8; default: calibration on
 patches of the benchmark volume, no Dice check).
@@ -31,11 +31,11 @@ from typing import Any
 
 import numpy as np
 
-QUICK = {"shape": (96, 96, 64), "repeats": 1}
-FULL = {"shape": (144, 144, 96), "repeats": 2}
+QUICK = {"shape": (96, 96, 64), "repeats": 1, "preset": "demo"}
+FULL = {"shape": (144, 144, 96), "repeats": 2, "preset": "3d"}
 
 
-def _random_checkpoint(path: Path) -> Path:
+def _random_checkpoint(path: Path, preset: str) -> Path:
     import torch
 
     from medresunet.config import load_config
@@ -43,13 +43,13 @@ def _random_checkpoint(path: Path) -> Path:
     from medresunet.networks.resunet import network_kwargs
     from medresunet.training.checkpoint import save_checkpoint
 
-    cfg = load_config("demo")
+    cfg = load_config(preset)
     torch.manual_seed(0)
     net = build_network(cfg.model, 1, 4)
-    norm = {"scheme": "ct", "clip": [-200.0, 500.0], "mean": 50.0, "std": 150.0}
+    norm = {"scheme": "ct", "clip": [-200.0, 300.0], "mean": 50.0, "std": 100.0}  # make_volume's
     payload = {"format_version": 1, "medresunet_version": "bench", "model": network_kwargs(cfg.model, 1, 4),
                "state_dict": net.state_dict(),
-               "preprocessing": {"orientation": "RAS", "target_spacing": [2.0, 2.0, 2.0],
+               "preprocessing": {"orientation": "RAS", "target_spacing": [1.5, 1.5, 1.5],
                                  "normalization": [norm], "crop_foreground": False,
                                  "patch_size": list(cfg.data.patch_size), "spatial_dims": 3},
                "labels": {"background": 0, "liver": 1, "kidney": 2, "lesion": 3}, "input_channels": ["CT"],
@@ -117,7 +117,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     cfg = QUICK if quick else FULL
     with tempfile.TemporaryDirectory(prefix="bench-backends-") as tmp:
         tmp_path = Path(tmp)
-        ckpt_path = Path(os.environ.get("MEDRESUNET_BENCH_CHECKPOINT") or _random_checkpoint(tmp_path / "m.pt"))
+        ckpt_path = Path(os.environ.get("MEDRESUNET_BENCH_CHECKPOINT")
+                         or _random_checkpoint(tmp_path / "m.pt", cfg["preset"]))
         checkpoint = load_checkpoint(ckpt_path)
         predictor = Predictor(checkpoint, device="cpu")
         export_checkpoint(ckpt_path, tmp_path / "exp", ("onnx", "torchscript"))
@@ -168,7 +169,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         "backends": per,
         "torch_precision": predictor.precision,
         "int8": int8,
-        "checkpoint": "random demo network" if not os.environ.get("MEDRESUNET_BENCH_CHECKPOINT") else str(ckpt_path),
+        "checkpoint": str(ckpt_path) if os.environ.get("MEDRESUNET_BENCH_CHECKPOINT")
+        else f"configs/{cfg['preset']}.yaml network, random weights (seed 0)",
         "volume_shape": list(volume.shape[2:]),
         "window": list(predictor.patch_size),
         "overlap": predictor.overlap,

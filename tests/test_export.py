@@ -31,8 +31,9 @@ ARTICLE = {"spatial_dims": 2, "in_channels": 1, "out_channels": 3, "channels": [
            "num_res_blocks": 1, "norm": "none", "act": "relu", "upsample": "linear",
            "downsample": "maxpool", "bias": True}
 NETS = {
-    "3d_odd": ({"spatial_dims": 3, "in_channels": 2, "out_channels": 3, "channels": [4, 8, 16],
-                "act": "leakyrelu"}, [20, 18, 12]),
+    "3d_anisotropic_odd": ({"spatial_dims": 3, "in_channels": 2, "out_channels": 3, "channels": [4, 8, 16],
+                            "act": "leakyrelu", "strides": [[2, 2, 1], 2], "kernel_sizes": [[3, 3, 1], 3, 3]},
+                           [20, 18, 10]),
     "article_2d_odd": (ARTICLE, [34, 26]),
 }
 
@@ -80,7 +81,7 @@ def test_parity(tmp_path: Path, name: str) -> None:
             with torch.no_grad():
                 ref, got = model(x), runner(x)
             assert got.shape == ref.shape, (name_, size)
-            assert float((ref - got).abs().max()) < 1e-4, (name_, size)
+            assert float((ref - got).abs().max()) < 1e-3, (name_, size)  # the export tolerance
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ def _commands() -> list[str]:
 
 
 def _main_of(program: str):
-    from pipelines import demo, evaluate, infer, manifest, train
+    from pipelines import demo, evaluate, export, infer, manifest, train
 
     return {
         "medresunet-train": train.main,
@@ -38,6 +38,7 @@ def _main_of(program: str):
         "medresunet-eval": evaluate.main,
         "medresunet-manifest": manifest.main,
         "medresunet-demo": demo.main,
+        "medresunet-export": export.main,
     }[program]
 
 
@@ -84,3 +85,5 @@ def test_readme_walkthrough_runs(tmp_path, monkeypatch):
     assert (tmp_path / f"{nifti_id}_seg.nii.gz").exists()
     assert (tmp_path / "evaluation" / "report.html").exists()
     assert (tmp_path / "predictions_tta" / "report" / "metrics.csv").exists()
+    assert (tmp_path / "exported" / "model.onnx").exists()
+    assert list((tmp_path / "predictions_exported").glob("*.seg.dcm"))  # the demo's DICOM series
