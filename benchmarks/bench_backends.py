@@ -5,7 +5,8 @@ same preprocessed volume goes through :func:`medresunet.inference.sliding.slidin
 (Gaussian, the checkpoint's overlap and windows per batch) with:
 
 * ``torch``: medresunet's own path, the checkpoint's network as the Predictor runs it
-  (channels-last on the CPU, ``precision auto`` resolved for this CPU);
+  (channels-last on the CPU, ``precision auto`` resolved for this CPU); ``torch-fp32`` the
+  same module in fp32 (on a CPU where ``auto`` means bf16 the two differ);
 * ``torchscript``, ``onnxruntime``, ``openvino`` (fp32), ``openvino-int8`` (NNCF) runners.
 
 Reported per backend: seconds (best of the repeats, interleaved), Mvox/s, speedup over the
@@ -73,7 +74,7 @@ def _runners(folder: Path, meta: dict[str, Any], predictor: Any) -> dict[str, An
 
     from medresunet.export.backends import runner_factories
 
-    out: dict[str, Any] = {"torch": predictor.model}
+    out: dict[str, Any] = {"torch": predictor.model, "torch-fp32": predictor.model}
     for name, make in runner_factories(folder, meta, torch.device("cpu")).items():
         out["torchscript" if name == "torch" else name] = make()
     return out
@@ -133,7 +134,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         dev = torch.device("cpu")
 
         def call(name: str):
-            precision = predictor.precision if name == "torch" else "fp32"
+            precision = predictor.precision if name == "torch" else "fp32"  # torch-fp32: same module
             return lambda: sliding_window_logits(
                 volume, runners[name], predictor.patch_size, network_dims=predictor.network_dims,
                 overlap=predictor.overlap, sw_batch_size=predictor.sw_batch_size, cval=cval, device=dev,
@@ -153,8 +154,8 @@ def run(quick: bool = False) -> dict[str, Any]:
                   "speedup_vs_torch": round(best["torch"] / best[name], 3),
                   "label_agreement": round(float((labels[name] == labels["torch"]).float().mean()), 5)}
            for name in runners}
-    fastest = min((n for n in per if n != "torch"), key=lambda n: best[n], default="torch")
-    fp32 = [n for n in per if n not in ("torch", "openvino-int8")]
+    fastest = min((n for n in per if n not in ("torch", "torch-fp32")), key=lambda n: best[n], default="torch")
+    fp32 = [n for n in per if n not in ("torch", "torch-fp32", "openvino-int8")]
     fastest_fp32 = min(fp32, key=lambda n: best[n], default="torch")
     auto_name = {"torch": "torchscript"}.get(auto["backend"], auto["backend"])
     return {
@@ -166,6 +167,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         "auto_backend": auto_name,
         "auto_speedup_vs_torch": per.get(auto_name, {}).get("speedup_vs_torch"),
         "auto_timings_s": auto.get("seconds_per_window_batch"),
+        "speedup_vs_torch_fp32_path": round(best["torch-fp32"] / best[fastest], 3),
         "backends": per,
         "torch_precision": predictor.precision,
         "int8": int8,

@@ -24,7 +24,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma-separated: onnx, torchscript (default: both)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default 18)")
     p.add_argument("--tolerance", type=float, default=None,
-                   help="max |logit difference| against the checkpoint (default 1e-3)")
+                   help="max |logit difference| against the checkpoint, relative to max(1, max |logit|) "
+                        "(default 1e-3)")
     p.add_argument("--int8", action="store_true",
                    help="also build an int8 OpenVINO model (NNCF post-training quantisation)")
     p.add_argument("--calibration", type=Path, default=None,
@@ -57,7 +58,7 @@ def _run(args: argparse.Namespace) -> int:
                 "patches": args.calibration_patches, "quiet": args.quiet}
     report = export_checkpoint(args.model, args.output, formats, args.opset, tolerance,
                                args.overwrite, int8)
-    print(f"verification against {args.model} (tolerance {tolerance:g} on logits):")
+    print(f"verification against {args.model} (tolerance {tolerance:g} x max(1, max|logit|)):")
     for backend, result in report["verification"].items():
         print("\n".join("  " + line for line in format_rows(backend, result)))
     if not report["passed"]:

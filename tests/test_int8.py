@@ -60,7 +60,7 @@ def test_int8_gate(tmp_path: Path, capsys) -> None:
     assert infer(["--model", str(out / "model_int8.xml"), "--input", str(images), "--output", str(pred),
                   "--backend", "openvino", "--quiet"]) == 0
     run = json.loads((pred / "run.json").read_text())
-    assert run["settings"]["backend"]["backend"] == "openvino-int8"
+    assert run["backend"]["backend"] == "openvino-int8"
     ref = np.asarray(nib.load(tmp_path / "lab" / "c0.nii.gz").dataobj)
     got = np.asarray(nib.load(pred / "c0.nii.gz").dataobj)
     assert np.mean(ref == got) > 0.95

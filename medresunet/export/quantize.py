@@ -59,7 +59,7 @@ def calibration_patches(cases: Sequence, preprocessing: Mapping[str, Any], n_pat
         cases: manifest cases with labels.
         preprocessing: the checkpoint's preprocessing dict.
         n_patches: how many windows in all (spread over the cases).
-        multiple: the network's stride per axis (windows are zero-padded to it, as the
+        multiple: the network's stride per axis (windows are padded to it, as the
             runners pad).
     """
     import torch
@@ -97,7 +97,8 @@ def calibration_patches(cases: Sequence, preprocessing: Mapping[str, Any], n_pat
 def _mean_dice(predictor: Any, cases: Sequence, labels: Mapping[str, int]) -> tuple[float, list[np.ndarray]]:
     """Mean Dice over cases and foreground labels (NaN pairs skipped), and the label volumes."""
     from medresunet.io import read_volume
-    from medresunet.training.validation import dice_per_label, nanmean
+    from medresunet.metrics.case import dice_per_label
+    from medresunet.training.validation import nanmean
 
     scores: list[float] = []
     volumes = []

@@ -16,7 +16,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
 
 from medresunet.export.metadata import padded_window
 
@@ -31,15 +30,18 @@ class Runner(Protocol):
 
 
 def pad_window(x: torch.Tensor, multiple: Sequence[int]) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Zero-pad ``x (B, C, *spatial)`` at the end of each axis to :func:`padded_window`."""
+    """Pad ``x (B, C, *spatial)`` at the end of each axis to :func:`padded_window`.
+
+    With the network's own padding (``ResidualUNet._pad``: each sample's and channel's
+    minimum), so an exported graph sees exactly what the network would have padded to.
+    """
+    from medresunet.networks.resunet import ResidualUNet
+
     spatial = tuple(int(s) for s in x.shape[2:])
     target = padded_window(spatial, multiple)
     if target == spatial:
         return x, spatial
-    pads: list[int] = []
-    for s, t in zip(reversed(spatial), reversed(target), strict=True):
-        pads += [0, t - s]
-    return F.pad(x, pads), spatial
+    return ResidualUNet._pad(x, target), spatial
 
 
 class ArrayRunner:
