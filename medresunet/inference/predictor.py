@@ -224,6 +224,7 @@ class Predictor:
             ScanError: unreadable file, wrong channel count, wrong dimensionality, NaN voxels,
                 or a preprocessing failure; the message starts with the path.
         """
+        from medresunet.io import read_geometry
         from medresunet.io.geometry import Geometry
 
         if isinstance(image_paths, (str, os.PathLike)):
@@ -243,6 +244,7 @@ class Predictor:
             transforms = self.transforms(series_uid)
             data = transforms({"image": [str(p) for p in paths]})
         except Exception as err:  # MONAI wraps reader errors in RuntimeError
+            read_geometry(first, series_uid)  # a header problem: named as the header read names it
             inner = _scan_error(err)
             if inner is not None:
                 raise ScanError(str(inner)) from err
