@@ -9,7 +9,8 @@ import pytest
 
 from medresunet.errors import ScanError
 from medresunet.io import find_series, read_geometry, read_volume, select_series
-from tests.dicom_fixtures import write_dicom_series, write_dicom_series_sitk
+from medresunet.io.dicom_export import write_dicom_series as export_series
+from tests.dicom_fixtures import write_dicom_series
 from tests.synthetic import make_affine
 
 SHAPE = (16, 12, 8)
@@ -19,10 +20,10 @@ def _ct():
     return np.random.default_rng(0).integers(-1000, 1500, SHAPE).astype(np.int16)
 
 
-def test_sitk_written_ct_rescale(tmp_path):
+def test_exported_ct_rescale(tmp_path):
     affine = make_affine("lps", (0.7, 0.7, 2.0))
     vol = _ct()
-    write_dicom_series_sitk(tmp_path / "ct", vol, affine, intercept=-1024.0)
+    export_series(vol, affine, tmp_path / "ct")  # the library's writer, rescale intercept -1024
     array, geom = read_volume(tmp_path / "ct")
     np.testing.assert_array_equal(array, vol)  # HU, rescale applied
     assert geom.source == "dicom" and geom.shape == SHAPE
@@ -30,10 +31,10 @@ def test_sitk_written_ct_rescale(tmp_path):
     assert read_geometry(tmp_path / "ct").same_grid(geom)
 
 
-def test_pydicom_written_mr_without_rescale(tmp_path):
+def test_mr_without_rescale(tmp_path):
     affine = make_affine("oblique", (0.9, 0.8, 3.0))
     vol = np.random.default_rng(1).integers(0, 3000, SHAPE).astype(np.int16)
-    write_dicom_series(tmp_path / "mr", vol, affine, modality="MR", intercept=None)
+    write_dicom_series(tmp_path / "mr", vol, affine, modality="MR")
     array, geom = read_volume(tmp_path / "mr")
     np.testing.assert_array_equal(array, vol)
     np.testing.assert_allclose(geom.affine, affine, atol=1e-4)

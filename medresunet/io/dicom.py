@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -95,31 +96,48 @@ def _read_header(path: Path):
 
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
-    except Exception as err:  # not DICOM or unreadable: skipped, as documented
+        return _header_fields(path, ds)
+    except Exception as err:  # not DICOM or unreadable (pydicom decodes elements lazily): skipped
         logger.debug("skipping %s: not readable as DICOM (%s)", path, err)
         return None
-    uid = getattr(ds, "SeriesInstanceUID", None)
-    rows, cols = getattr(ds, "Rows", None), getattr(ds, "Columns", None)
+
+
+def _get(ds: Any, keyword: str, default: Any = None) -> Any:
+    """A header value, or ``default`` when absent or undecodable (a corrupt element is as if absent)."""
+    try:
+        return getattr(ds, keyword, default)
+    except Exception:  # noqa: BLE001 - pydicom decodes lazily: a damaged VR raises on access
+        return default
+
+
+def _header_fields(path: Path, ds: Any):
+    """``((uid, description, modality), SliceHeader)`` of a read dataset, or None without image."""
+    uid = _get(ds, "SeriesInstanceUID", None)
+    rows, cols = _get(ds, "Rows", None), _get(ds, "Columns", None)
+    try:
+        rows, cols = int(rows), int(cols)
+    except (TypeError, ValueError):  # absent, or a corrupt value: no image to read
+        rows = cols = None
     if uid is None or rows is None or cols is None:
         logger.debug("skipping %s: DICOM without image (no SeriesInstanceUID/Rows)", path)
         return None
-    ps = _floats(getattr(ds, "PixelSpacing", None), 2)
-    thick = getattr(ds, "SpacingBetweenSlices", None) or getattr(ds, "SliceThickness", None)
+    ps = _floats(_get(ds, "PixelSpacing", None), 2)
+    thick = _get(ds, "SpacingBetweenSlices", None) or _get(ds, "SliceThickness", None)
     try:
-        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-        instance = int(getattr(ds, "InstanceNumber", 0) or 0)
+        frames = int(_get(ds, "NumberOfFrames", 1) or 1)
+        instance = int(_get(ds, "InstanceNumber", 0) or 0)
     except (TypeError, ValueError):
         frames, instance = 1, 0
     thick_mm = _floats([thick], 1) if thick else None  # a corrupt value: as if absent
     header = SliceHeader(
-        path=path, rows=int(rows), columns=int(cols),
-        orientation=_floats(getattr(ds, "ImageOrientationPatient", None), 6),
-        position=_floats(getattr(ds, "ImagePositionPatient", None), 3),
+        path=path, rows=rows, columns=cols,
+        orientation=_floats(_get(ds, "ImageOrientationPatient", None), 6),
+        position=_floats(_get(ds, "ImagePositionPatient", None), 3),
         pixel_spacing=(ps[0], ps[1]) if ps else None,
         thickness=thick_mm[0] if thick_mm else None, frames=frames, instance=instance,
     )
-    meta = (str(uid), str(getattr(ds, "SeriesDescription", "") or ""),
-            str(getattr(ds, "Modality", "") or ""))
+    meta = (str(uid), str(_get(ds, "SeriesDescription", "") or ""),
+            str(_get(ds, "Modality", "") or ""))
     return meta, header
 
 
