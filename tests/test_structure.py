@@ -16,6 +16,7 @@ KNOWN = {
     "data/fingerprint.py:fingerprint",
     "data/phantoms.py:make_phantom_case",
     "data/phantoms.py:make_demo_dataset",
+    "export/exporter.py:export_checkpoint",
     "inference/predictor.py:__init__",
     "inference/sliding.py:sliding_window_logits",
     "metrics/case.py:case_metrics",
