@@ -95,8 +95,11 @@ def run(quick: bool = False, tiny: bool = False) -> dict[str, Any]:
     from medresunet.training.loss import SegmentationLoss
 
     cfg = TINY if tiny else QUICK if quick else FULL
+    from medresunet.training.accelerator import use_channels_last
+
     tc = TrainConfig()
     precision = resolve_precision(tc.precision, torch.device("cpu"))
+    channels_last = use_channels_last(tc.channels_last, torch.device("cpu"))
     batches = make_batches(cfg["patch"])
     model = make_network(tiny)
 
@@ -104,7 +107,7 @@ def run(quick: bool = False, tiny: bool = False) -> dict[str, Any]:
                   loss_fn=SegmentationLoss(), weight_decay=tc.weight_decay, grad_clip=tc.grad_clip,
                   lr=tc.lr)
     fast = _train(copy.deepcopy(model), batches, cfg["steps"], precision=precision,
-                  channels_last=tc.channels_last, loss_fn=SegmentationLoss(),
+                  channels_last=channels_last, loss_fn=SegmentationLoss(),
                   weight_decay=tc.weight_decay, grad_clip=tc.grad_clip, lr=tc.lr)
     diffs = [abs(a - b) for a, b in zip(base["losses"], fast["losses"], strict=True)]
     return {
@@ -114,7 +117,7 @@ def run(quick: bool = False, tiny: bool = False) -> dict[str, Any]:
         "medresunet_step_times_s": fast["step_times_s"],
         "baseline_step_times_s": base["step_times_s"],
         "precision": precision,
-        "channels_last": tc.channels_last,
+        "channels_last": channels_last,
         "batch": [BATCH, 1, cfg["patch"], cfg["patch"], cfg["patch"]],
         "losses": {"medresunet": fast["losses"], "baseline": base["losses"],
                    "max_abs_diff": round(max(diffs), 5),

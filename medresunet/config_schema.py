@@ -118,7 +118,9 @@ class DataConfig:
     checkpoint). ``patch_size`` is in voxels: three numbers for 3D models, two for 2D
     models (axial slices of the RAS-oriented volume). ``normalization`` ``auto`` takes
     each channel's modality from the manifest (CT -> ``ct``, anything else ->
-    ``zscore``). ``ct_window`` (HU) replaces the percentile clip of CT.
+    ``zscore``). ``ct_window`` (HU) replaces the percentile clip of CT. ``num_workers``
+    ``null`` (auto) is no loader worker on the CPU and one per core but one (at most 8) on
+    CUDA (``training.accelerator.loader_settings``).
     """
 
     target_spacing: tuple[float, float, float] | None = None
@@ -132,14 +134,14 @@ class DataConfig:
     pos_fraction: float = 0.67
     cache: str = "memory"
     cache_dir: str | None = None
-    num_workers: int = 0
+    num_workers: int | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         _check_choice("data.normalization", self.normalization, NORMALIZATIONS)
         _check_choice("data.cache", self.cache, CACHES)
         _check_orientation("data.orientation", self.orientation)
-        if self.num_workers < 0:
+        if self.num_workers is not None and self.num_workers < 0:
             raise ConfigError(f"data.num_workers: expected >= 0, got {self.num_workers}")
         if self.target_spacing is not None and not all(0 < s < math.inf for s in self.target_spacing):
             raise ConfigError(f"data.target_spacing: expected positive mm values, got {list(self.target_spacing)}")
@@ -167,6 +169,8 @@ class TrainConfig:
     (around its foreground), and on the whole volumes at the end. ``fit_budget`` (with
     ``--max-minutes``): after the first epoch the epochs are re-fitted to the steps the
     remaining budget allows at the measured step time, and the learning-rate decay with them.
+    ``channels_last`` ``null`` (auto) is the channels-last layout on the CPU (measured faster
+    there) and off on CUDA until measured (``training.accelerator.use_channels_last``).
     """
 
     epochs: int = 100
@@ -177,7 +181,7 @@ class TrainConfig:
     warmup_epochs: int = 1
     schedule: str = "poly"
     precision: str = "auto"
-    channels_last: bool = True
+    channels_last: bool | None = None
     grad_clip: float = 12.0
     val_interval: int = 1
     val_overlap: float = 0.25

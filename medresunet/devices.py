@@ -47,7 +47,9 @@ def resolve_precision(precision: str, device: Any) -> str:
     """``auto|fp32|bf16|fp16`` -> the precision actually used on ``device``.
 
     fp16 is CUDA-only and falls back to fp32 on the CPU; bf16 on a CPU without native
-    support is honoured when asked for explicitly (slow but correct).
+    support is honoured when asked for explicitly (slow but correct); bf16 on a GPU without
+    it (before Ampere) becomes fp16. ``auto`` on CUDA stays fp16 (with the gradient scaler)
+    until bf16 is measured faster there (``benchmarks/gpu_check.sh`` times both).
     """
     if precision == "auto":
         if device.type == "cuda":
@@ -55,7 +57,19 @@ def resolve_precision(precision: str, device: Any) -> str:
         return "bf16" if cpu_supports_bf16() else "fp32"
     if precision == "fp16" and device.type != "cuda":
         return "fp32"
+    if precision == "bf16" and device.type == "cuda" and not cuda_supports_bf16(device):
+        return "fp16"
     return precision
+
+
+def cuda_supports_bf16(device: Any) -> bool:
+    """True when the GPU has native bf16 arithmetic (compute capability 8.0 and later)."""
+    import torch
+
+    try:
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    except (AssertionError, RuntimeError):  # no CUDA build or no such device
+        return False
 
 
 def autocast(device: Any, precision: str) -> Any:

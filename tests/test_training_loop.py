@@ -80,6 +80,7 @@ def test_two_iterations_checkpoint_reloads(tmp_path, dims):
         torch.testing.assert_close(again(x), ref(x))
     rows = list(csv.DictReader(open(res.run_dir / "log.csv")))
     assert len(rows) == 1 and rows[0]["step"] == "2" and "val_dice_big" in rows[0]
+    assert float(rows[0]["steps_per_s"]) > 0 and rows[0]["gpu_mem_gb"] == ""  # figures in the log
 
 
 def test_resume_matches_uninterrupted(tmp_path):

@@ -52,7 +52,7 @@ def _dataset(items: list[dict], transforms: list, cache: str, cache_dir: str | P
 
     compose = Compose(transforms)
     if cache == "memory":
-        return CacheDataset(items, compose, num_workers=max(1, num_workers), progress=progress)
+        return CacheDataset(items, compose, num_workers=max(1, num_workers or 0), progress=progress)
     if cache == "disk":
         if cache_dir is None:
             raise ConfigError("data.cache is 'disk' but no cache folder is given; set data.cache_dir "

@@ -5,8 +5,10 @@ worker) and tells each its place through environment variables: ``WORLD_SIZE``, 
 and ``LOCAL_RANK``. :func:`setup` reads them, picks the device (``cuda:LOCAL_RANK`` for
 ``--device auto|cuda``) and joins the process group: NCCL when the device is a GPU, gloo
 on the CPU. Every collective waits at most ``MEDRESUNET_DIST_TIMEOUT_S`` seconds (default
-1800): a rank that dies or hangs makes the others fail with :class:`DistributedError`
-instead of waiting for ever.
+1800, NCCL's watchdog timeout too): a rank that dies or hangs makes the others fail with
+:class:`DistributedError` instead of waiting for ever; on NCCL the watchdog is told to abort
+the communicator and let the error reach Python (:data:`NCCL_ENV`) rather than end the
+process from C++.
 
 Without these variables (or with ``WORLD_SIZE=1``) everything here is a no-op: rank 0 of
 a world of 1. This module imports torch lazily, so the console scripts' ``--help`` stays
@@ -115,6 +117,24 @@ def _device(spec: str, local_rank: int) -> Any:
     return device
 
 
+#: NCCL's watchdog, on a failed or timed-out collective: ``2`` aborts the communicator and
+#: lets the waiting call raise (a Python error that :func:`session` turns into one line); the
+#: default ``3`` tears the process down from C++, and no message of ours is printed.
+NCCL_ENV = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "2"}
+
+
+def nccl_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """Set :data:`NCCL_ENV` in ``env`` (default ``os.environ``) where the user has not.
+
+    Returns:
+        What was set (a user's own value is kept and not returned).
+    """
+    env = os.environ if env is None else env
+    changed = {k: v for k, v in NCCL_ENV.items() if k not in env}
+    env.update(changed)
+    return changed
+
+
 def setup(device_spec: str = "auto") -> tuple[DistInfo, Any]:
     """Join the torchrun process group (if any) and pick this rank's device.
 
@@ -133,6 +153,7 @@ def setup(device_spec: str = "auto") -> tuple[DistInfo, Any]:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        nccl_environment()  # before the process group: the watchdog reads it when it starts
     info = DistInfo(rank=info.rank, world_size=info.world_size, local_rank=info.local_rank,
                     backend=backend, timeout_s=info.timeout_s)
     if not dist.is_initialized():

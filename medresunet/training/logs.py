@@ -1,7 +1,8 @@
 """Per-epoch training log: ``log.csv`` in the run folder, TensorBoard scalars when available.
 
 ``log.csv`` columns: ``epoch, step, train_loss, val_dice_mean, val_dice_<label>..., lr,
-seconds`` (validation columns empty on epochs without validation). On resume the rows
+seconds, steps_per_s, gpu_mem_gb`` (validation columns empty on epochs without validation;
+``gpu_mem_gb``, the epoch's peak allocated GPU memory, empty off CUDA). On resume the rows
 of epochs after the checkpoint's epoch are dropped, so the log matches the weights.
 """
 
@@ -35,7 +36,8 @@ class TrainingLog:
                  tensorboard: bool = True) -> None:
         self.path = Path(run_dir) / "log.csv"
         self.columns = ["epoch", "step", "train_loss", "val_dice_mean",
-                        *[f"val_dice_{n}" for n in label_names], "lr", "seconds"]
+                        *[f"val_dice_{n}" for n in label_names], "lr", "seconds", "steps_per_s",
+                        "gpu_mem_gb"]
         self.rows: list[dict[str, str]] = []
         if resume_epoch is not None and self.path.exists():
             with open(self.path, newline="", encoding="utf-8") as fh:
@@ -54,10 +56,13 @@ class TrainingLog:
                 self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=purge)
 
     def add(self, epoch: int, step: int, train_loss: float, lr: float, seconds: float,
-            val: dict[str, Any] | None = None) -> None:
-        """Record epoch ``epoch`` (1-based) ending at optimizer step ``step``."""
+            val: dict[str, Any] | None = None, figures: dict[str, Any] | None = None) -> None:
+        """Record epoch ``epoch`` (1-based) ending at optimizer step ``step``.
+
+        ``figures``: ``steps_per_s`` and ``gpu_mem_gb`` of the epoch (either may be missing).
+        """
         row: dict[str, Any] = {"epoch": epoch, "step": step, "train_loss": train_loss, "lr": lr,
-                               "seconds": round(seconds, 2)}
+                               "seconds": round(seconds, 2), **(figures or {})}
         if val is not None:
             row["val_dice_mean"] = val["dice_mean"]
             for name, value in val["dice"].items():

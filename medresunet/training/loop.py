@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from medresunet.config import Config
 from medresunet.devices import autocast
+from medresunet.training import accelerator
 from medresunet.training import distributed as _dist
 from medresunet.training.checkpoint import load_checkpoint, save_checkpoint
 from medresunet.training.logs import TrainingLog
@@ -189,15 +190,11 @@ def _start(run: _Run, model: torch.nn.Module) -> TrainState:
     state = new_state(run.config, model, run.device, n_steps)
     if run.options.resume:
         resume_state(state, run.run_dir / "last.pt")
+    if accelerator.use_cudnn_benchmark(run.device):
+        torch.backends.cudnn.benchmark = True  # one patch size: each convolution is timed once
     if dist.enabled:
-        import warnings
-
-        from torch.nn.parallel import DistributedDataParallel
-
-        # channels-last 1x1 kernels: strides of size-1 axes differ, harmlessly
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        device_ids = [run.device.index] if run.device.type == "cuda" else None
-        state.model = DistributedDataParallel(state.core, device_ids=device_ids)
+        state.model = accelerator.wrap_ddp(state.core, run.device)
+        state.grads_in_buckets = True
     logger.info("batch: %d patches per rank x %d rank(s) = global batch %d; lr %g (not scaled with the "
                 "world size); %d steps per epoch", tc.batch_size, dist.world_size,
                 tc.batch_size * dist.world_size, tc.lr, n_steps)
@@ -220,9 +217,9 @@ def _epoch_loader(run: _Run, epoch: int) -> Any:
     _seed_data(run.data.train, epoch_seed(seed, epoch, stream + 1))
     gen = torch.Generator().manual_seed(epoch_seed(seed, epoch, stream + 2))
     items_per_batch = max(1, math.ceil(run.config.train.batch_size / run.config.data.samples_per_volume))
+    loading = accelerator.loader_settings(run.config.data.num_workers, run.device)
     return DataLoader(run.data.train, batch_size=items_per_batch, shuffle=True, drop_last=False,
-                      num_workers=run.config.data.num_workers, generator=gen,
-                      pin_memory=run.device.type == "cuda", persistent_workers=False)
+                      generator=gen, persistent_workers=False, **loading.kwargs())
 
 
 def run_epoch(run: _Run, state: TrainState, epoch: int) -> list[float]:
@@ -234,6 +231,7 @@ def run_epoch(run: _Run, state: TrainState, epoch: int) -> list[float]:
     loader = _epoch_loader(run, epoch)
     batches = iter(loader)
     losses: list[float] = []
+    throughput = accelerator.Throughput(run.device)
     budget_s = None if run.options.max_minutes is None else max(0.0, float(run.options.max_minutes) * 60.0)
     for _ in range(state.steps_per_epoch):
         try:
@@ -242,6 +240,7 @@ def run_epoch(run: _Run, state: TrainState, epoch: int) -> list[float]:
             batches = iter(loader)
             batch = next(batches)
         losses.append(train_step(state, *_as_batch(batch, state, run.config.model.spatial_dims)))
+        throughput.step()
         run.bar.update(1)
         run.bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}", refresh=False)
         if budget_s is not None:
@@ -250,12 +249,13 @@ def run_epoch(run: _Run, state: TrainState, epoch: int) -> list[float]:
                 state.stopped_by_budget = True
                 break
     state.epoch = epoch + 1
+    state.figures = throughput.figures()
     return losses
 
 
 def train_step(state: TrainState, image: torch.Tensor, label: torch.Tensor) -> float:
     """One optimizer step on a batch ``(B, C, *patch)`` / ``(B, 1, *patch)``; returns its loss."""
-    state.optimizer.zero_grad(set_to_none=True)
+    state.optimizer.zero_grad(set_to_none=not state.grads_in_buckets)
     with autocast(state.device, state.precision):
         logits = state.model(image)
     loss = state.loss_fn(logits, label)
@@ -328,8 +328,12 @@ def log_epoch(run: _Run, state: TrainState, losses: list[float], seconds: float,
     """Append the epoch to ``log.csv`` (rank 0) and return its record (the same on every rank)."""
     loss_sum, loss_n = _dist.all_reduce_sum(run.dist, [sum(losses), len(losses)])
     train_loss = float(loss_sum / loss_n) if loss_n else float("nan")  # mean over all ranks
+    figures = state.figures or {}
     if run.log is not None:
-        run.log.add(state.epoch, state.global_step, train_loss, state.lr, seconds, val)
+        run.log.add(state.epoch, state.global_step, train_loss, state.lr, seconds, val, figures)
+    gpu = figures.get("gpu_mem_gb")
+    logger.info("epoch %d: %.2f steps/s%s", state.epoch, figures.get("steps_per_s", float("nan")),
+                "" if gpu is None else f", peak GPU memory {gpu:.2f} GB")
     if val is not None:
         logger.info("epoch %d/%d: loss %.4f, val mean Dice %.4f %s", state.epoch, state.total_epochs,
                     train_loss, val["dice_mean"], " ".join(f"{k}={v:.3f}" for k, v in val["dice"].items()))

@@ -23,6 +23,7 @@ import medresunet
 from medresunet.config import Config, config_to_dict
 from medresunet.devices import resolve_precision
 from medresunet.errors import CheckpointError
+from medresunet.training.accelerator import make_scaler, use_channels_last
 from medresunet.training.checkpoint import FORMAT_VERSION, load_checkpoint
 from medresunet.training.loss import SegmentationLoss
 from medresunet.training.schedule import load_scheduler_state, make_scheduler, scheduler_state
@@ -119,6 +120,8 @@ class TrainState:
     best_epoch: int = 0
     last_val: dict[str, Any] | None = None
     stopped_by_budget: bool = False
+    grads_in_buckets: bool = False  # DDP's bucket views: zero them in place, never drop them
+    figures: dict[str, Any] | None = None  # the last epoch's steps/s and peak GPU memory
 
     @property
     def lr(self) -> float:
@@ -155,12 +158,12 @@ def new_state(config: Config, model: torch.nn.Module, device: torch.device, n_st
     """A fresh state: the network moved to ``device``, optimizer, schedule and scaler built."""
     tc = config.train
     precision = resolve_precision(tc.precision, device)
-    fmt = memory_format(config.model.spatial_dims, tc.channels_last)
+    fmt = memory_format(config.model.spatial_dims, use_channels_last(tc.channels_last, device))
     core = model.to(device)
     if fmt is not None:
         core = core.to(memory_format=fmt)
     optimizer, scheduler = make_optimization(config, core, n_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=(precision == "fp16" and device.type == "cuda"))
+    scaler = make_scaler(precision, device)
     return TrainState(core=core, model=core, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                       loss_fn=SegmentationLoss(), device=device, precision=precision, memory_format=fmt,
                       grad_clip=float(tc.grad_clip or 0.0), steps_per_epoch=n_steps,
