@@ -13,13 +13,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "medresunet"
 MAX_MODULE_LINES, MAX_FUNCTION_LINES, MAX_PARAMS = 400, 62, 8
 KNOWN = {
-    "data/fingerprint.py:fingerprint",
     "data/phantoms.py:make_phantom_case",
     "data/phantoms.py:make_demo_dataset",
     "export/exporter.py:export_checkpoint",
     "inference/predictor.py:__init__",
     "inference/sliding.py:sliding_window_logits",
-    "metrics/case.py:case_metrics",
     "networks/blocks.py:__init__",
     "networks/resunet.py:_validate",
     "networks/resunet.py:__init__",

@@ -130,6 +130,25 @@ def ct_norm(samples: np.ndarray, clip_percentiles: Sequence[float],
     return ChannelNorm("ct", clip=(lo, hi), mean=float(clipped.mean()), std=std if std > 1e-6 else 1.0)
 
 
+def _channel_norms(schemes: Sequence[str], channels: Sequence[str], samples: dict[int, list[np.ndarray]],
+                   data_cfg: DataConfig) -> list[ChannelNorm]:
+    """The normalisation of each channel; a CT channel's from its sampled foreground intensities."""
+    norms = []
+    for c, scheme in enumerate(schemes):
+        if scheme != "ct":
+            norms.append(ChannelNorm(scheme))
+            continue
+        values = np.concatenate(samples[c]) if samples[c] else np.empty(0, np.float32)
+        if values.size == 0:
+            raise ValueError(f"fingerprint: channel {c} ({channels[c]}) is CT but no training case has "
+                             "labelled foreground voxels to measure intensities on; give labels or "
+                             "set data.normalization to zscore")
+        norms.append(ct_norm(values, data_cfg.clip_percentiles, data_cfg.ct_window))
+        log.info("channel %d (%s): clip %s, mean %.2f, std %.2f", c, channels[c], norms[-1].clip,
+                 norms[-1].mean, norms[-1].std)
+    return norms
+
+
 def fingerprint(cases: Sequence, channels: Sequence[str], data_cfg: DataConfig,
                 spatial_dims: int, quiet: bool = False, seed: int = 0) -> Preprocessing:
     """Measure the training cases and return the :class:`Preprocessing` to train with.
@@ -177,19 +196,7 @@ def fingerprint(cases: Sequence, channels: Sequence[str], data_cfg: DataConfig,
             del image
     target = tuple(data_cfg.target_spacing) if data_cfg.target_spacing is not None else (
         target_spacing_from(np.array(spacings)))
-    norms = []
-    for c, scheme in enumerate(schemes):
-        if scheme != "ct":
-            norms.append(ChannelNorm(scheme))
-            continue
-        values = np.concatenate(samples[c]) if samples[c] else np.empty(0, np.float32)
-        if values.size == 0:
-            raise ValueError(f"fingerprint: channel {c} ({channels[c]}) is CT but no training case has "
-                             "labelled foreground voxels to measure intensities on; give labels or "
-                             "set data.normalization to zscore")
-        norms.append(ct_norm(values, data_cfg.clip_percentiles, data_cfg.ct_window))
-        log.info("channel %d (%s): clip %s, mean %.2f, std %.2f", c, channels[c], norms[-1].clip,
-                 norms[-1].mean, norms[-1].std)
+    norms = _channel_norms(schemes, channels, samples, data_cfg)
     log.info("target spacing %s mm (%s)", target,
              "from config" if data_cfg.target_spacing is not None else "median of the training cases")
     return Preprocessing(

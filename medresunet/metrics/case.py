@@ -105,26 +105,24 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float],
         box = union_box(pred_boxes[value - 1], ref_boxes[value - 1], ref.shape, margin=1)
         if box is None:
             rows.append(_row(value, name, "both_empty", ref_volume_ml=0.0, pred_volume_ml=0.0))
-            continue
-        p = pred[box] == value
-        r = ref[box] == value
-        n_p, n_r = int(np.count_nonzero(p)), int(np.count_nonzero(r))
-        vols = {"ref_volume_ml": n_r * voxel_ml, "pred_volume_ml": n_p * voxel_ml}
-        if n_r == 0 or n_p == 0:
-            status = "missed" if n_p == 0 else "false_positive"
-            rows.append(_row(value, name, status, dice=0.0, iou=0.0, hd_mm=empty, hd95_mm=empty,
-                             assd_mm=empty, nsd=0.0, **vols))
-            continue
-        inter = int(np.count_nonzero(p & r))
-        dist = surface_distances(p, r, spacing)
-        rows.append(_row(
-            value, name, "ok",
-            dice=dice_score(inter, n_p, n_r),
-            iou=inter / (n_p + n_r - inter),
-            hd_mm=dist.hausdorff(None),
-            hd95_mm=dist.hausdorff(95.0),
-            assd_mm=dist.assd(),
-            nsd=dist.nsd(nsd_tolerance_mm),
-            **vols,
-        ))
+        else:
+            rows.append(_label_row(pred[box] == value, ref[box] == value, (value, name), spacing,
+                                   voxel_ml, empty, nsd_tolerance_mm))
     return rows
+
+
+def _label_row(p: np.ndarray, r: np.ndarray, label: tuple[int, str], spacing: tuple[float, ...],
+               voxel_ml: float, empty: float, nsd_tolerance_mm: float) -> dict:
+    """The row of one label from its masks ``p`` (prediction) and ``r`` (reference), not both empty."""
+    value, name = label
+    n_p, n_r = int(np.count_nonzero(p)), int(np.count_nonzero(r))
+    vols = {"ref_volume_ml": n_r * voxel_ml, "pred_volume_ml": n_p * voxel_ml}
+    if n_r == 0 or n_p == 0:
+        status = "missed" if n_p == 0 else "false_positive"
+        return _row(value, name, status, dice=0.0, iou=0.0, hd_mm=empty, hd95_mm=empty,
+                    assd_mm=empty, nsd=0.0, **vols)
+    inter = int(np.count_nonzero(p & r))
+    dist = surface_distances(p, r, spacing)
+    return _row(value, name, "ok", dice=dice_score(inter, n_p, n_r), iou=inter / (n_p + n_r - inter),
+                hd_mm=dist.hausdorff(None), hd95_mm=dist.hausdorff(95.0), assd_mm=dist.assd(),
+                nsd=dist.nsd(nsd_tolerance_mm), **vols)
