@@ -13,7 +13,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "medresunet"
 MAX_MODULE_LINES, MAX_FUNCTION_LINES, MAX_PARAMS = 400, 62, 8
 KNOWN = {
-    "data/phantoms.py:make_phantom_case",
     "data/phantoms.py:make_demo_dataset",
     "export/exporter.py:export_checkpoint",
     "inference/predictor.py:__init__",

@@ -148,6 +148,51 @@ def _smooth_noise(rng: np.random.Generator, shape, sigma_vox) -> np.ndarray:
     return noise / max(float(noise.std()), 1e-6)
 
 
+def _body(rng: np.random.Generator, rel: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The body: an elliptic cylinder along S with a fat layer and a vertebra, as a tissue index."""
+    ax, ay = rng.uniform(58, 64), rng.uniform(45, 50)
+    theta = np.arctan2(rel[1] / ay, rel[0] / ax)
+    wobble = 1.0 + 0.04 * np.sin(3 * theta + rng.uniform(0, 6.3)) + 0.02 * np.sin(5 * theta + rng.uniform(0, 6.3))
+    r_body = np.sqrt((rel[0] / ax) ** 2 + (rel[1] / ay) ** 2) / wobble
+    fat_mm = rng.uniform(5, 9)
+    tissue = np.zeros(shape, np.uint8)  # index into _ORDER
+    tissue[r_body <= 1.0] = 1
+    tissue[r_body <= 1.0 - fat_mm / ay] = 2
+    spine = ((rel[0] / 11.0) ** 2 + ((rel[1] + ay - 22.0) / 10.0) ** 2) <= 1.0
+    tissue[spine] = 3
+
+    return tissue
+
+
+def _intensities(rng: np.random.Generator, tissue: np.ndarray, label: np.ndarray, spacing: tuple[float, ...],
+                 modality: str) -> np.ndarray:
+    """CT-like HU (or MR-like) intensities: tissue means, texture, blur, bias field and noise."""
+    shape = tissue.shape
+    column = 0 if modality == "CT" else 1
+    jitter = 10.0 if modality == "CT" else 40.0
+    means = {name: values[column] + (rng.uniform(-jitter, jitter) if name != "air" else 0.0)
+             for name, values in TISSUES.items()}
+    clean = np.full(shape, means["air"], np.float32)
+    for index, name in enumerate(("fat", "soft", "bone"), start=1):
+        clean[tissue == index] = means[name]
+    for name in ("liver", "kidney", "lesion"):
+        clean[label == LABELS[name]] = means[name]
+
+    spacing_arr = np.asarray(spacing)
+    texture_amp = 8.0 if modality == "CT" else 30.0
+    texture = _smooth_noise(rng, shape, 2.0 / spacing_arr) * texture_amp * (tissue > 0)
+    image = ndimage.gaussian_filter(clean, 0.6 / spacing_arr) + texture
+    bias = 1.0 + (0.03 if modality == "CT" else 0.2) * _smooth_noise(rng, shape, 40.0 / spacing_arr)
+    image = image * bias
+    if modality == "CT":
+        image = image + rng.normal(0.0, 12.0, shape).astype(np.float32)
+        image = np.clip(image, -1024.0, 3071.0)
+    else:
+        sigma = 25.0
+        image = np.sqrt((image + rng.normal(0, sigma, shape)) ** 2 + rng.normal(0, sigma, shape) ** 2)
+    return image
+
+
 def make_phantom_case(seed: int, shape=None, spacing=(1.5, 1.5, 1.5), orientation_kind: str = "ras",
                       modality: str = "CT", n_organs: int = 3, fov_mm=FOV_MM) -> PhantomCase:
     """Make one phantom scan.
@@ -178,18 +223,7 @@ def make_phantom_case(seed: int, shape=None, spacing=(1.5, 1.5, 1.5), orientatio
     xyz = _world_coords(shape, affine)
     rel = xyz - center[:, None, None, None].astype(np.float32)
 
-    # the body: an elliptic cylinder along S, with a fat layer and a vertebra
-    ax, ay = rng.uniform(58, 64), rng.uniform(45, 50)
-    theta = np.arctan2(rel[1] / ay, rel[0] / ax)
-    wobble = 1.0 + 0.04 * np.sin(3 * theta + rng.uniform(0, 6.3)) + 0.02 * np.sin(5 * theta + rng.uniform(0, 6.3))
-    r_body = np.sqrt((rel[0] / ax) ** 2 + (rel[1] / ay) ** 2) / wobble
-    fat_mm = rng.uniform(5, 9)
-    tissue = np.zeros(shape, np.uint8)  # index into _ORDER
-    tissue[r_body <= 1.0] = 1
-    tissue[r_body <= 1.0 - fat_mm / ay] = 2
-    spine = ((rel[0] / 11.0) ** 2 + ((rel[1] + ay - 22.0) / 10.0) ** 2) <= 1.0
-    tissue[spine] = 3
-
+    tissue = _body(rng, rel, shape)  # index into ("air", "fat", "soft", "bone")
     liver = _random_blob(rng, center + [22, 6, 8], [34, 27, 26], 4, 0.1, 15, 0.25)
     kidney = _random_blob(rng, center + [-30, -18, -8], [15, 12, 24], 4, 0.1, 20, 0.15)
     label = np.zeros(shape, np.uint8)
@@ -203,28 +237,7 @@ def make_phantom_case(seed: int, shape=None, spacing=(1.5, 1.5, 1.5), orientatio
     label[tissue == 0] = 0  # organs stay inside the body
     del xyz, rel
 
-    column = 0 if modality == "CT" else 1
-    jitter = 10.0 if modality == "CT" else 40.0
-    means = {name: values[column] + (rng.uniform(-jitter, jitter) if name != "air" else 0.0)
-             for name, values in TISSUES.items()}
-    clean = np.full(shape, means["air"], np.float32)
-    for index, name in enumerate(("fat", "soft", "bone"), start=1):
-        clean[tissue == index] = means[name]
-    for name in ("liver", "kidney", "lesion"):
-        clean[label == LABELS[name]] = means[name]
-
-    spacing_arr = np.asarray(spacing)
-    texture_amp = 8.0 if modality == "CT" else 30.0
-    texture = _smooth_noise(rng, shape, 2.0 / spacing_arr) * texture_amp * (tissue > 0)
-    image = ndimage.gaussian_filter(clean, 0.6 / spacing_arr) + texture
-    bias = 1.0 + (0.03 if modality == "CT" else 0.2) * _smooth_noise(rng, shape, 40.0 / spacing_arr)
-    image = image * bias
-    if modality == "CT":
-        image = image + rng.normal(0.0, 12.0, shape).astype(np.float32)
-        image = np.clip(image, -1024.0, 3071.0)
-    else:
-        sigma = 25.0
-        image = np.sqrt((image + rng.normal(0, sigma, shape)) ** 2 + rng.normal(0, sigma, shape) ** 2)
+    image = _intensities(rng, tissue, label, spacing, modality)
     return PhantomCase(image.astype(np.float32), label, affine)
 
 
