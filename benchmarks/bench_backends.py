@@ -34,25 +34,30 @@ import numpy as np
 
 QUICK = {"shape": (96, 96, 64), "repeats": 1, "preset": "demo"}
 FULL = {"shape": (144, 144, 96), "repeats": 2, "preset": "3d"}
+TINY = {"shape": (28, 24, 20), "repeats": 1, "preset": "tiny"}  # the smoke test's
 
 
 def _random_checkpoint(path: Path, preset: str) -> Path:
     import torch
 
     from medresunet.config import load_config
-    from medresunet.networks import build_network
+    from medresunet.networks import ResidualUNet
     from medresunet.networks.resunet import network_kwargs
     from medresunet.training.checkpoint import save_checkpoint
 
-    cfg = load_config(preset)
+    cfg = load_config("demo" if preset == "tiny" else preset)
     torch.manual_seed(0)
-    net = build_network(cfg.model, 1, 4)
+    kwargs = network_kwargs(cfg.model, 1, 4)
+    patch = list(cfg.data.patch_size)
+    if preset == "tiny":
+        kwargs["channels"], patch = [4, 8, 16], [16, 16, 16]
+    net = ResidualUNet(**kwargs)
     norm = {"scheme": "ct", "clip": [-200.0, 300.0], "mean": 50.0, "std": 100.0}  # make_volume's
-    payload = {"format_version": 1, "medresunet_version": "bench", "model": network_kwargs(cfg.model, 1, 4),
+    payload = {"format_version": 1, "medresunet_version": "bench", "model": kwargs,
                "state_dict": net.state_dict(),
                "preprocessing": {"orientation": "RAS", "target_spacing": [1.5, 1.5, 1.5],
                                  "normalization": [norm], "crop_foreground": False,
-                                 "patch_size": list(cfg.data.patch_size), "spatial_dims": 3},
+                                 "patch_size": patch, "spatial_dims": 3},
                "labels": {"background": 0, "liver": 1, "kidney": 2, "lesion": 3}, "input_channels": ["CT"],
                "infer": {"overlap": cfg.infer.overlap, "sw_batch_size": cfg.infer.sw_batch_size}}
     return save_checkpoint(path, payload)
@@ -101,7 +106,7 @@ def _int8(folder: Path, meta: dict[str, Any], checkpoint: dict[str, Any], volume
     return {"calibration": "16 random windows of the benchmark volume; no Dice check"}
 
 
-def run(quick: bool = False) -> dict[str, Any]:
+def run(quick: bool = False, tiny: bool = False) -> dict[str, Any]:
     """Time every installed backend on one volume; ``speedup_vs_torch`` and ``label_agreement`` first."""
     import importlib.util
 
@@ -115,14 +120,16 @@ def run(quick: bool = False) -> dict[str, Any]:
     from medresunet.inference.sliding import sliding_window_logits
     from medresunet.training.checkpoint import load_checkpoint
 
-    cfg = QUICK if quick else FULL
+    cfg = TINY if tiny else QUICK if quick else FULL
     with tempfile.TemporaryDirectory(prefix="bench-backends-") as tmp:
         tmp_path = Path(tmp)
         ckpt_path = Path(os.environ.get("MEDRESUNET_BENCH_CHECKPOINT")
                          or _random_checkpoint(tmp_path / "m.pt", cfg["preset"]))
         checkpoint = load_checkpoint(ckpt_path)
         predictor = Predictor(checkpoint, device="cpu")
-        export_checkpoint(ckpt_path, tmp_path / "exp", ("onnx", "torchscript"))
+        report = export_checkpoint(ckpt_path, tmp_path / "exp", ("onnx", "torchscript"))
+        if not report["passed"]:
+            raise RuntimeError(f"the export failed its verification: {json.dumps(report['verification'])}")
         folder = tmp_path / "exp"
         meta = read_model_json(folder)
         volume = _volume(predictor, cfg["shape"])

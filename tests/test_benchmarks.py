@@ -137,3 +137,12 @@ def test_infer_end_to_end_tiny():
     for key in ("speedup_vs_monai", "medresunet_s", "monai_s", "peak_memory_mb", "label_agreement"):
         assert key in fig, key
     assert fig["label_agreement"] is not None and fig["label_agreement"] > 0.99
+
+
+def test_backends_tiny():
+    pytest.importorskip("onnxruntime")
+    fig = importlib.import_module("benchmarks.bench_backends").run(quick=True, tiny=True)
+    assert fig["speedup_vs_torch"] > 0 and 0.9 <= fig["label_agreement"] <= 1.0
+    assert {"torch", "torchscript", "onnxruntime"} <= set(fig["backends"])
+    assert fig["auto_backend"] in fig["backends"]
+

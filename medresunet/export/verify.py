@@ -1,9 +1,9 @@
 """Parity of an exported network with the checkpoint's: logits and argmax agreement.
 
 Two inputs, both through the runner exactly as the sliding window calls it: a random
-window (noise of the patch size) and a real-sized input (a smooth, structured volume about
-1.5 times the patch plus one voxel per axis, so no axis is a multiple of the stride and the
-dynamic axes and the padding are exercised).
+window (noise, about half the patch plus one voxel per axis, so no axis is a multiple of the
+stride: the dynamic axes and the padding are exercised) and a real-sized window (a batch of
+two windows of the patch size, smooth structures plus noise: what inference feeds).
 """
 
 from __future__ import annotations
@@ -22,15 +22,14 @@ MIN_AGREEMENT = 0.999  # argmax agreement allowed (ties of near-equal logits may
 
 
 def verification_inputs(channels: int, patch_size: Sequence[int], seed: int = 0) -> dict[str, torch.Tensor]:
-    """``{"random_window": (1, C, *patch), "real_sized": (1, C, *~1.5 patch + 1)}``."""
+    """``{"random_window": (1, C, *(patch // 2 + 1)), "real_sized": (2, C, *patch)}``."""
     gen = torch.Generator().manual_seed(seed)
     patch = [int(p) for p in patch_size]
-    window = torch.randn(1, channels, *patch, generator=gen)
-    size = [p + p // 2 + 1 for p in patch]
-    grids = torch.meshgrid(*[torch.linspace(-1, 1, s) for s in size], indexing="ij")
+    window = torch.randn(1, channels, *[p // 2 + 1 for p in patch], generator=gen)
+    grids = torch.meshgrid(*[torch.linspace(-1, 1, s) for s in patch], indexing="ij")
     radius = torch.sqrt(sum(g**2 for g in grids))
     blobs = torch.stack([torch.cos(3.0 * radius + c) * 2.0 for c in range(channels)])
-    real = (blobs + 0.3 * torch.randn(channels, *size, generator=gen))[None]
+    real = blobs[None] + 0.3 * torch.randn(2, channels, *patch, generator=gen)
     return {"random_window": window, "real_sized": real}
 
 
