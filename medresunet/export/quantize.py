@@ -97,7 +97,7 @@ def calibration_patches(cases: Sequence, preprocessing: Mapping[str, Any], n_pat
 def _mean_dice(predictor: Any, cases: Sequence, labels: Mapping[str, int]) -> tuple[float, list[np.ndarray]]:
     """Mean Dice over cases and foreground labels (NaN pairs skipped), and the label volumes."""
     from medresunet.io import read_volume
-    from medresunet.metrics.case import dice_per_label
+    from medresunet.metrics.overlap import dice_per_label
     from medresunet.training.validation import nanmean
 
     scores: list[float] = []
@@ -106,7 +106,8 @@ def _mean_dice(predictor: Any, cases: Sequence, labels: Mapping[str, int]) -> tu
         pred = predictor.predict(list(case.images))
         ref, _ = read_volume(case.label)
         ref = np.rint(np.asarray(ref)).astype(np.int64).reshape(pred.shape)
-        scores.extend(dice_per_label(pred.astype(np.int64), ref, labels).values())
+        values = [v for v in labels.values() if v != 0]
+        scores.extend(dice_per_label(pred.astype(np.int64), ref, values).values())
         volumes.append(pred)
     return nanmean(scores), volumes
 
