@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 
-SECTIONS = ("sliding_window", "infer_end_to_end", "evaluation", "training", "backends")
+SECTIONS = ("sliding_window", "infer_end_to_end", "evaluation", "training", "backends", "quality")
 
 
 def _machine() -> dict:
@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller inputs, fewer repeats (< 10 min on 2 cores)")
     parser.add_argument("--json", help="write all figures to this JSON file")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
+    parser.add_argument("--minutes", type=float, help="quality: training budget per side and dataset "
+                                                      "(default 15; --quick: 1)")
     args = parser.parse_args(argv)
 
     results: dict = {"machine": _machine()}
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[benchmarks] {section} ...", file=sys.stderr, flush=True)
         try:
             module = importlib.import_module(f"benchmarks.bench_{section}")
-            figures = module.run(quick=args.quick)
+            extra = {"minutes": args.minutes} if section == "quality" else {}
+            figures = module.run(quick=args.quick, **extra)
         except Exception as err:  # a broken section must not hide the others' figures
             traceback.print_exc()
             figures = {"error": f"{type(err).__name__}: {err}"}

@@ -165,10 +165,11 @@ class TrainConfig:
     ``steps_per_epoch`` ``None`` means one pass over the training cases' patches.
     ``precision`` ``auto`` is fp16 AMP on CUDA, bf16 autocast on CPUs that support it
     (checked at run time), else fp32. ``val_interval`` is in epochs. ``val_mode``
-    ``patch`` validates during training on one patch-sized crop per validation case
-    (around its foreground), and on the whole volumes at the end. ``fit_budget`` (with
-    ``--max-minutes``): after the first epoch the epochs are re-fitted to the steps the
-    remaining budget allows at the measured step time, and the learning-rate decay with them.
+    ``patch`` validates during training on one patch-sized crop per validation case and
+    label (a progress figure only), and on the whole volumes at the end (which writes
+    ``best.pt``). ``fit_budget`` (with
+    ``--max-minutes``): after each epoch the epochs are re-fitted to what the remaining
+    budget allows at the measured epoch time, and the learning-rate decay with them.
     ``channels_last`` ``null`` (auto) is the channels-last layout on the CPU (measured faster
     there) and off on CUDA until measured (``training.accelerator.use_channels_last``).
     """

@@ -1,7 +1,13 @@
-"""``medresunet-train``: train a residual U-Net from a manifest and a YAML config.
+"""``medresunet-train``: train a residual U-Net from a manifest and a YAML config (or a plan).
 
-    medresunet-train --manifest M --config C --output RUN [--resume] [--epochs N]
+    medresunet-train --manifest M [--config C] --output RUN [--resume] [--epochs N]
                      [--max-minutes T] [--set section.key=value ...] [--device D] [--quiet]
+
+Without ``--config`` the run is planned (:mod:`medresunet.planning`): spacing, patch,
+network, batch and schedule from the training cases, the device and ``--max-minutes``
+(a short probe of candidate networks counts against the budget); the plan is written to
+``RUN/plan.yaml`` (with its reasons) and stored in ``run.json`` and the checkpoints;
+``--set`` and ``--epochs`` apply on top of it.
 
 Everything the user can get wrong (config, manifest, the files it lists, the run
 folder) is checked before any training starts; such an error is one line on stderr and
@@ -42,8 +48,9 @@ logger = logging.getLogger("medresunet.train")
 def _parser() -> argparse.ArgumentParser:
     parser = make_parser("medresunet-train", "Train a residual U-Net (2D or 3D) from a dataset manifest.")
     parser.add_argument("--manifest", required=True, help="dataset manifest (JSON/YAML or MSD dataset.json)")
-    parser.add_argument("--config", help="YAML config or preset name (3d, 2d, article, demo); "
-                                         "not needed with --resume")
+    parser.add_argument("--config", help="YAML config or preset name (3d, 2d, article, demo); without "
+                                         "it the run is planned for the data, the device and "
+                                         "--max-minutes (RUN/plan.yaml); not needed with --resume")
     parser.add_argument("--output", required=True, help="run folder (must be new or empty unless --resume)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output from its last.pt")
     parser.add_argument("--epochs", type=int, help="total epochs of the run (overrides train.epochs; "
@@ -83,7 +90,7 @@ def _resolve_config(args: argparse.Namespace, run_dir: Path) -> tuple[Any, dict[
             raise ConfigError(f"{run_dir / 'last.pt'} (config of the run): {err}") from err
     else:
         if not args.config:
-            raise UsageError("--config is required for a new run (a YAML file or a preset: 3d, 2d, article, demo)")
+            return None, None  # planned for the data and the budget, once the manifest is read
         config = load_config(args.config, args.set)
     if args.epochs is not None:
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=args.epochs))
@@ -127,19 +134,33 @@ def _run_rank(args: argparse.Namespace, dist: Any, device: Any) -> int:
     from medresunet.training.prepare import prepare_training
 
     manifest = getattr(args, "cv_manifest", None) or load_manifest(args.manifest)  # a fold: the CV's
+    plan = None
+    if config is None:
+        from medresunet.training.autoplan import planned_config
+
+        config, plan = planned_config(manifest, args.set, args.epochs, device, args.max_minutes, dist, args.quiet)
+    planning_s = time.monotonic() - t0
     shared = getattr(args, "shared_preprocessing", None)  # a fold: the run's one fingerprint
     job = prepare_training(manifest, config, preprocessing=shared if ckpt is None else ckpt["preprocessing"],
                            dist=dist, quiet=args.quiet)
+    if plan is not None:
+        job = dataclasses.replace(job, info=dataclasses.replace(job.info, plan=plan.to_dict()))
     logger.info("device %s", device)
 
     from medresunet.training.loop import TrainOptions, train
 
     record = _run_record(args, config, job, manifest, dist, device, started)
+    budget = args.max_minutes
+    if plan is not None:
+        record["inputs"]["config"] = "planned"
+        record["plan"] = plan.to_dict()
+        if budget is not None:  # the probe's time is part of the budget
+            budget = max(0.01, budget - planning_s / 60.0)
     if dist.is_main:
-        _write_config(run_dir, config)
+        _write_config(run_dir, config, plan)
         write_run_json(run_dir / "run.json", record)
     result = train(config, job.model, job.data, job.info, run_dir, device,
-                   TrainOptions(resume=bool(args.resume), max_minutes=args.max_minutes, quiet=args.quiet),
+                   TrainOptions(resume=bool(args.resume), max_minutes=budget, quiet=args.quiet),
                    dist=dist)
     if not dist.is_main:
         return EXIT_OK
@@ -158,7 +179,7 @@ def _run_rank(args: argparse.Namespace, dist: Any, device: Any) -> int:
     return EXIT_OK
 
 
-def _write_config(run_dir: Path, config: Any) -> None:
+def _write_config(run_dir: Path, config: Any, plan: Any = None) -> None:
     import yaml
 
     from medresunet.config import config_to_dict
@@ -166,6 +187,10 @@ def _write_config(run_dir: Path, config: Any) -> None:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    if plan is not None:
+        from medresunet.planning import plan_yaml
+
+        write_text_atomic(run_dir / "plan.yaml", plan_yaml(plan))
 
 
 def _run_record(args: argparse.Namespace, config: Any, job: Any, manifest: Any, dist: Any, device: Any,

@@ -40,3 +40,29 @@ def test_plan_prints_reasons_and_writes_a_config(dataset, tmp_path, capsys):
 def test_plan_bad_usage(dataset, capsys):
     assert plan_main(["--manifest", str(dataset), "--max-minutes", "-1"]) == 2
     assert "--max-minutes" in capsys.readouterr().err
+
+
+def test_planned_training_end_to_end(dataset, tmp_path):
+    """medresunet-train without --config: plans, trains within the budget, stores the plan."""
+    import json
+
+    import torch
+
+    from pipelines.train import main as train_main
+
+    run = tmp_path / "run"
+    assert train_main(["--manifest", str(dataset), "--output", str(run), "--max-minutes", "0.35", "--quiet",
+                       "--set", "train.precision=fp32", "--set", "infer.sw_batch_size=1"]) == 0
+    plan_cfg = load_config(run / "plan.yaml")
+    cfg = load_config(run / "config.yaml")
+    assert cfg.model == plan_cfg.model and cfg.data == plan_cfg.data and cfg.train.precision == "fp32"
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert ckpt["plan"]["step_seconds"] > 0 and ckpt["plan"]["reasons"]
+    record = json.loads((run / "run.json").read_text())
+    assert record["inputs"]["config"] == "planned" and record["plan"]["expected_steps"] >= 1
+    assert record["result"]["global_step"] >= 1
+    # the probe counts against the budget: planning + training end with the budget (+ the last validation)
+    assert record["time"]["training_seconds"] <= 0.35 * 60 + 20
+    assert record["result"]["stopped_by_budget"] or record["result"]["epochs_done"] >= 1
+    assert record["result"]["last_validation"]["n_cases"] == 1  # whole-volume validation at the end
+    assert record["result"]["best_metric"]["epoch"] == record["result"]["epochs_done"]  # it wrote best.pt

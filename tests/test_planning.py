@@ -110,8 +110,9 @@ def test_choose_takes_the_largest_candidate_that_trains_enough_steps():
     assert plan.step_seconds == measured[2] and plan.expected_steps >= planner_mod.MIN_STEPS
     assert abs(tc.epochs * tc.steps_per_epoch - plan.expected_steps) <= tc.steps_per_epoch
     assert tc.fit_budget and tc.val_mode == "patch"
-    # too slow everywhere: the smallest
+    # too slow everywhere: the smallest, or a larger one when it costs about as much (fixed costs)
     assert choose(cands, target, {0: 10 * limit, 1: 20 * limit})[0] == 0
+    assert choose(cands, target, {0: 10 * limit, 1: 12 * limit, 2: 20 * limit})[0] == 1
     # the probe stops at the first candidate that trains too few steps
     calls = []
 
@@ -119,7 +120,7 @@ def test_choose_takes_the_largest_candidate_that_trains_enough_steps():
         calls.append(i)
         return measured.get(i, 9.0 * limit)
 
-    got = probe_candidates(measure, len(cands), lambda s: enough_steps(target, s), max_seconds=60)
+    got = probe_candidates(measure, len(cands), lambda s, s0: enough_steps(target, s, s0), max_seconds=60)
     assert calls == [0, 1, 2, 3] and set(got) == {0, 1, 2, 3}
 
 
@@ -130,7 +131,7 @@ def test_validation_cadence_stays_within_its_share_of_the_budget():
     plan = make_plan(fp, target, cands, 0, "test", {0: 0.2})
     tc = plan.config.train
     n_vals = tc.epochs // tc.val_interval
-    val_seconds = n_vals * 40 * 0.2 * 0.5  # FORWARD_SHARE of a step per validation case
+    val_seconds = n_vals * 40 * 2 * 0.2 * 0.5  # FORWARD_SHARE of a step per crop (2 labels per case)
     assert val_seconds <= planner_mod.VAL_FRACTION * target.budget_s + 1e-6
     assert tc.val_interval > 1
 

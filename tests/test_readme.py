@@ -30,7 +30,7 @@ def _commands() -> list[str]:
 
 
 def _main_of(program: str):
-    from pipelines import demo, evaluate, export, infer, manifest, train
+    from pipelines import demo, evaluate, export, infer, manifest, plan, train
 
     return {
         "medresunet-train": train.main,
@@ -39,6 +39,7 @@ def _main_of(program: str):
         "medresunet-manifest": manifest.main,
         "medresunet-demo": demo.main,
         "medresunet-export": export.main,
+        "medresunet-plan": plan.main,
     }[program]
 
 
@@ -69,7 +70,10 @@ def test_readme_walkthrough_runs(tmp_path, monkeypatch):
         program, *argv = shlex.split(command)
         if program == "medresunet-demo":
             continue  # the full demo; run above with --quick
-        if program == "medresunet-train":
+        if program == "medresunet-train" and "--config" not in argv and "--resume" not in argv:
+            argv += ["--set", "train.epochs=1", "--set", "train.steps_per_epoch=2",  # planned: one short epoch
+                     "--set", "train.fit_budget=false"]
+        elif program == "medresunet-train":
             if "--epochs" in argv:  # resume and extend: one epoch more than the quick run
                 argv[argv.index("--epochs") + 1] = "3"
             for item in QUICK_SET:

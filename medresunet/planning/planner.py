@@ -37,9 +37,10 @@ from medresunet.planning.topology import (
 
 MIN_3D_SLICES = 16           # fewer resampled slices than this along the last axis: 2D
 MIN_STEPS = 1000             # a budget plan trains at least this many steps (when it can)
+FIXED_COST_TOLERANCE = 1.3   # none can: a candidate this much slower than the smallest is still taken
 TRAIN_FRACTION = 0.92        # of the budget, for training steps (>= 90%)
 VAL_FRACTION = 0.05          # of the budget, at most, for the patch validations
-DATA_OVERHEAD = 1.15         # a real step (patch sampling, augmentation) vs a probed one
+DATA_OVERHEAD = 1.05         # a real step (batching, logging) vs a probed one (network + data)
 TARGET_EPOCHS = 20           # epochs of a budget run (the steps per epoch follow)
 CPU_GFLOP_PER_STEP = 40.0    # a CPU without a budget: the largest candidate under this
 CPU_MEMORY_GB = 6.0          # activation memory a CPU candidate may use
@@ -161,7 +162,7 @@ def _base_width(device: str, voxels: float, spatial_dims: int) -> int:
     per_axis = voxels ** (1.0 / spatial_dims)
     if spatial_dims == 2:
         return 16 if per_axis <= 128 else 32
-    return 8 if per_axis <= 40 else 16 if per_axis <= 96 else 32
+    return 8 if per_axis <= 64 else 16 if per_axis <= 112 else 32
 
 
 def geometry(fp: DatasetFingerprint) -> tuple[tuple[float, float, float], np.ndarray, int]:
@@ -177,7 +178,7 @@ def candidates(fp: DatasetFingerprint, target: Target) -> list[Candidate]:
     spacing, median, dims = geometry(fp)
     median, spacing_d = median[:dims], spacing[:dims]
     full = float(np.prod(median))
-    start, grow = (64.0**2, 1.6) if dims == 2 else (24.0**3, 1.5)
+    start, grow = (96.0**2, 1.5) if dims == 2 else (40.0**3, 1.4)  # smaller: too shallow to learn much
     sizes = [start * grow**k for k in range(64) if start * grow**k < full] + [full]
     batch = 8 if dims == 2 else 2
     memory = (GPU_MEMORY_FRACTION * target.gpu_memory_gb if target.device == "cuda" and target.gpu_memory_gb
@@ -209,10 +210,19 @@ def expected_steps(target: Target, step_seconds: float) -> int | None:
     return int(target.budget_s * TRAIN_FRACTION / (max(step_seconds, 1e-6) * DATA_OVERHEAD))
 
 
-def enough_steps(target: Target, step_seconds: float) -> bool:
-    """Whether a candidate at ``step_seconds`` trains :data:`MIN_STEPS` steps in the budget."""
+def enough_steps(target: Target, step_seconds: float, smallest_seconds: float | None = None) -> bool:
+    """Whether a candidate at ``step_seconds`` is acceptable for the budget.
+
+    It is when it trains :data:`MIN_STEPS` steps in the budget, or, when the smallest
+    candidate (``smallest_seconds``) does not either, when it costs at most
+    :data:`FIXED_COST_TOLERANCE` times the smallest: then a fixed per-step cost (patch
+    sampling, augmentation, framework overhead) dominates and the larger patch is nearly free.
+    """
     steps = expected_steps(target, step_seconds)
-    return steps is None or steps >= MIN_STEPS
+    if steps is None or steps >= MIN_STEPS:
+        return True
+    return (smallest_seconds is not None and not enough_steps(target, smallest_seconds)
+            and step_seconds <= FIXED_COST_TOLERANCE * smallest_seconds)
 
 
 def choose(cands: Sequence[Candidate], target: Target, measured: Mapping[int, float] | None = None) -> tuple[int, str]:
@@ -226,11 +236,15 @@ def choose(cands: Sequence[Candidate], target: Target, measured: Mapping[int, fl
     if not cands:
         raise ValueError("choose: no candidates")
     if target.budget_s is not None and measured:
+        smallest = measured[min(measured)]
         fitting = [i for i, s in measured.items() if enough_steps(target, s)]
         if fitting:
             return max(fitting), (f"the largest probed candidate that trains >= {MIN_STEPS} steps in "
                                   f"{target.max_minutes:g} min")
-        return min(measured), f"even the smallest candidate trains < {MIN_STEPS} steps in the budget"
+        near = [i for i, s in measured.items() if enough_steps(target, s, smallest)]
+        return max(near), (f"no candidate trains {MIN_STEPS} steps in {target.max_minutes:g} min: the largest "
+                           f"within {FIXED_COST_TOLERANCE:g}x the smallest's step time (a fixed per-step cost "
+                           "dominates)")
     if target.device == "cuda":
         return len(cands) - 1, "the largest candidate within the GPU memory target"
     fitting = [i for i, c in enumerate(cands) if c.gflop_per_step <= CPU_GFLOP_PER_STEP]
@@ -293,8 +307,8 @@ def make_plan(fp: DatasetFingerprint, target: Target, cands: Sequence[Candidate]
     spacing, median, dims = geometry(fp)
     step_s = measured.get(index)
     steps = expected_steps(target, step_s) if step_s is not None else None
-    sched = plan_schedule(target.device, target.budget_s, steps, step_s, fp.n_val_cases, VAL_FRACTION,
-                          TARGET_EPOCHS)
+    crops = fp.n_val_cases * max(1, fp.n_classes - 1)  # a patch validation: one crop per case and label
+    sched = plan_schedule(target.device, target.budget_s, steps, step_s, crops, VAL_FRACTION, TARGET_EPOCHS)
     topo = cand.topology
     raw = {
         "model": {"spatial_dims": dims, "channels": list(cand.channels), "num_res_blocks": 1,

@@ -39,7 +39,7 @@ def plan_schedule(device: str, budget_s: float | None, expected: int | None, ste
         budget_s: the wall-clock budget (s) or None.
         expected: training steps the budget allows (None without a budget).
         step_seconds: measured seconds per step (None when not measured).
-        n_val_cases: validation cases.
+        n_val_cases: validation crops (a patch validation runs one forward per crop).
         val_fraction: the share of the budget the patch validations may take.
         target_epochs: epochs of a budget run.
     """

@@ -23,6 +23,7 @@ from medresunet.planning import (
     enough_steps,
     make_plan,
 )
+from medresunet.planning.planner import geometry
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,11 @@ def plan_training(fp: DatasetFingerprint, device: Any, max_minutes: float | None
         precision: the training precision (as ``train.precision``).
     """
     from medresunet.networks import ResidualUNet
-    from medresunet.training.probe import measure_step_seconds, probe_candidates
+    from medresunet.training.probe import (
+        measure_data_seconds,
+        measure_step_seconds,
+        probe_candidates,
+    )
 
     kind = "cuda" if getattr(device, "type", str(device)) == "cuda" else "cpu"
     memory = gpu_memory if gpu_memory is not None else gpu_memory_gb(device)
@@ -82,13 +87,57 @@ def plan_training(fp: DatasetFingerprint, device: Any, max_minutes: float | None
                       "act": "leakyrelu", "strides": [list(s) for s in c.topology.strides],
                       "kernel_sizes": [list(k) for k in c.topology.kernel_sizes]}
             ResidualUNet(**kwargs)  # fail here, not in the loop, on a bad candidate
-            seconds = measure_step_seconds(kwargs, c.topology.patch_size, c.batch_size, device, precision)
-            logger.info("probe: %s: %.3f s/step", c.describe(), seconds)
-            return seconds
+            net = measure_step_seconds(kwargs, c.topology.patch_size, c.batch_size, device, precision)
+            data = measure_data_seconds(c.topology.patch_size, median, len(fp.channels),
+                                        8 if c.spatial_dims == 2 else 2, c.batch_size)
+            logger.info("probe: %s: %.3f s/step (network %.3f, data %.3f)", c.describe(), net + data, net, data)
+            return net + data
 
+        median = tuple(int(m) for m in geometry(fp)[1])
         start = time.monotonic()
         cap = min(PROBE_MAX_S, PROBE_FRACTION * target.budget_s)
-        measured = probe_candidates(measure, len(cands), lambda s: enough_steps(target, s), cap)
+        measured = probe_candidates(measure, len(cands), lambda s, s0: enough_steps(target, s, s0), cap)
         logger.info("probed %d candidate(s) in %.1f s", len(measured), time.monotonic() - start)
     index, why = choose(cands, target, measured)
     return make_plan(fp, target, cands, index, why, measured)
+
+
+def planned_config(manifest: Any, overrides: Sequence[str], epochs: int | None, device: Any,
+                   max_minutes: float | None, dist: Any = None, quiet: bool = True) -> tuple[Any, Plan]:
+    """The planned :class:`~medresunet.config.Config` of a new run without ``--config``, and its plan.
+
+    Rank 0 measures and probes; every rank gets the same config. ``overrides``
+    (``--set``) and ``epochs`` (``--epochs``) apply on top of the plan.
+
+    Raises:
+        ConfigError: an override that does not fit the planned config.
+        ManifestError: no labelled training case.
+    """
+    import dataclasses
+
+    from medresunet.config import apply_overrides, config_from_dict, config_to_dict
+    from medresunet.errors import ConfigError
+    from medresunet.training import distributed
+    from medresunet.training.prepare import training_cases
+
+    dist = dist or distributed.SINGLE
+    base = config_from_dict(apply_overrides({}, list(overrides)))  # the split's fold, folds and seed
+    plan = None
+    if dist.is_main:
+        train_cases, val_cases = training_cases(manifest, base, dist.world_size)
+        fp = dataset_fingerprint(train_cases, len(val_cases), manifest.channels, manifest.labels, quiet=quiet)
+        plan = plan_training(fp, device, max_minutes, precision=base.train.precision)
+        for key, why in plan.reasons:
+            logger.info("plan: %s: %s", key, why)
+    raw, info = distributed.broadcast_object(
+        dist, (config_to_dict(plan.config), plan.to_dict()) if plan is not None else None)
+    try:
+        config = config_from_dict(apply_overrides(raw, list(overrides)))
+    except ConfigError as err:
+        raise ConfigError(f"--set on the planned config: {err}") from err
+    if epochs is not None:
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
+    if plan is None:  # another rank: the same plan, rebuilt from rank 0's values
+        plan = Plan(config, tuple(tuple(r) for r in info["reasons"]), info["step_seconds"],
+                    info["expected_steps"], tuple(tuple(p) for p in info["probe"]))
+    return config, plan

@@ -31,6 +31,7 @@ rank makes the same decisions.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -45,6 +46,7 @@ from tqdm.auto import tqdm
 from medresunet.config import Config
 from medresunet.devices import autocast
 from medresunet.training import accelerator
+from medresunet.training import budget
 from medresunet.training import distributed as _dist
 from medresunet.training.checkpoint import load_checkpoint, save_checkpoint
 from medresunet.training.logs import TrainingLog
@@ -96,6 +98,8 @@ class _Run:
     log: TrainingLog | None = None
     bar: Any = None
     start_epoch: int = 0  # the epoch this call started from (its --max-minutes counts from there)
+    patch_val: list[dict[str, Any]] | None = None  # train.val_mode patch: the crops validated on
+    epoch_seconds: list[float] = field(default_factory=list)
 
     @property
     def main(self) -> bool:
@@ -167,11 +171,15 @@ def train(config: Config, model: torch.nn.Module, data: TrainData, info: ModelIn
                    dynamic_ncols=True, leave=True)
     state.model.train()
     try:
-        for epoch in range(state.epoch, state.total_epochs):
+        for epoch in itertools.count(state.epoch):
+            if epoch >= state.total_epochs:  # (re-fitted to the budget after each epoch with train.fit_budget)
+                break
             e_start = time.monotonic()
             losses = run_epoch(run, state, epoch)
+            fit_budget(run, state, time.monotonic() - e_start)
             if end_epoch(run, state, losses, time.monotonic() - e_start):
                 break
+            run.epoch_seconds.append(time.monotonic() - e_start)
     finally:
         run.bar.close()
         if run.log is not None:
@@ -205,7 +213,32 @@ def _start(run: _Run, model: torch.nn.Module) -> TrainState:
     if run.main:
         run.log = TrainingLog(run.run_dir, run.info.label_names,
                               resume_epoch=state.epoch if run.options.resume else None)
+    if tc.val_mode == "patch" and run.main and run.data.val is not None and len(run.data.val) > 0:
+        run.patch_val = budget.patch_crops(run.data.val, run.config.data.patch_size, run.config.model.spatial_dims)
     return state
+
+
+def fit_budget(run: _Run, state: TrainState, seconds: float) -> None:
+    """With ``train.fit_budget`` and a budget: re-fit the epochs (and the LR horizon) to what is left.
+
+    ``seconds`` is the training time of the epoch just run; the epochs before it count
+    with their validations.
+    """
+    if not run.config.train.fit_budget or run.options.max_minutes is None or state.stopped_by_budget:
+        return
+    estimate = budget.mean_epoch_seconds(run.epoch_seconds or [seconds])
+    fitted = int(_dist.broadcast_object(run.dist, budget.refit_epochs(
+        state.epoch, time.monotonic() - run.t0, 60.0 * float(run.options.max_minutes), estimate,
+        state.total_epochs)))
+    if fitted == state.total_epochs:
+        return
+    n_steps, tc = state.steps_per_epoch, run.config.train
+    logger.info("budget: %d epochs fit (%.1f s per epoch); the LR decays over %d steps", fitted, estimate,
+                fitted * n_steps)
+    state.total_epochs = fitted
+    state.scheduler = budget.rebuild_scheduler(state.scheduler, fitted * n_steps, tc.warmup_epochs * n_steps,
+                                               tc.schedule)
+    run.bar.total = run.bar.n + max(0, fitted - state.epoch) * n_steps
 
 
 def _epoch_loader(run: _Run, epoch: int) -> Any:
@@ -303,8 +336,11 @@ def validate_epoch(run: _Run, state: TrainState, last: bool) -> dict[str, Any] |
     if run.main and run.data.val is not None and len(run.data.val) > 0 and (state.epoch % tc.val_interval == 0 or last):
         window = Window(run.config.data.patch_size, run.config.model.spatial_dims, tc.val_overlap,
                         max(1, run.config.infer.sw_batch_size), state.precision)
-        val = validate(state.core, run.data.val, run.info.labels, window, run.data.background, run.device)
-        if not math.isnan(val["dice_mean"]) and val["dice_mean"] > state.best_metric:
+        # train.val_mode patch: patches during training (progress only), whole volumes at the end
+        whole = run.patch_val is None or last
+        volumes = run.data.val if whole else run.patch_val
+        val = validate(state.core, volumes, run.info.labels, window, run.data.background, run.device)
+        if whole and not math.isnan(val["dice_mean"]) and val["dice_mean"] > state.best_metric:
             state.best_metric, state.best_epoch = val["dice_mean"], state.epoch
             save_checkpoint(run.run_dir / "best.pt", checkpoint_payload(state, run.info, run.config))
             logger.debug("new best mean Dice %.4f at epoch %d", state.best_metric, state.best_epoch)

@@ -2,8 +2,9 @@
 
 A few forward + backward + AdamW steps on random patches, with the loss, precision and
 memory layout the training loop uses; the planner (:mod:`medresunet.planning`) turns the
-figures into a choice. Data loading is not included (the planner adds a margin for it,
-and a ``fit_budget`` run re-measures in the loop).
+figures into a choice. :func:`measure_data_seconds` times the data pipeline's random part
+(patch sampling and augmentation, which on a CPU can cost as much as a small network's
+step); a ``fit_budget`` run re-measures whole epochs in the loop.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def _sync(device: torch.device) -> None:
 
 
 def measure_step_seconds(model_kwargs: dict[str, Any], patch_size: Sequence[int], batch_size: int,
-                         device: torch.device, precision: str = "auto", steps: int = 3,
+                         device: torch.device, precision: str = "auto", steps: int = 2,
                          warmup: int = 1) -> float:
     """Median seconds of one training step of ``ResidualUNet(**model_kwargs)``.
 
@@ -67,14 +68,14 @@ def measure_step_seconds(model_kwargs: dict[str, Any], patch_size: Sequence[int]
     return float(statistics.median(times))
 
 
-def probe_candidates(measure: Callable[[int], float], n_candidates: int, enough: Callable[[float], bool],
-                     max_seconds: float) -> dict[int, float]:
+def probe_candidates(measure: Callable[[int], float], n_candidates: int,
+                     enough: Callable[[float, float], bool], max_seconds: float) -> dict[int, float]:
     """Measure candidates from the smallest up until one trains too few steps or time runs out.
 
     Args:
         measure: candidate index -> seconds per step.
         n_candidates: how many there are (ascending cost).
-        enough: whether a step time still trains enough steps in the budget.
+        enough: ``(seconds, smallest's seconds)`` -> whether that step time is still acceptable.
         max_seconds: wall-clock cap of the whole probe (s); the smallest is always measured.
 
     Returns:
@@ -84,6 +85,43 @@ def probe_candidates(measure: Callable[[int], float], n_candidates: int, enough:
     measured: dict[int, float] = {}
     for i in range(n_candidates):
         measured[i] = measure(i)
-        if not enough(measured[i]) or time.monotonic() - start > max_seconds:
+        if not enough(measured[i], measured[0]) or time.monotonic() - start > max_seconds:
             break
     return measured
+
+
+def measure_data_seconds(patch_size: Sequence[int], volume_shape: Sequence[int], n_channels: int,
+                         samples_per_volume: int, batch_size: int, calls: int = 3) -> float:
+    """Seconds of the training data pipeline's random part per step (patch sampling, augmentation).
+
+    Runs the real random transforms of :func:`medresunet.data.transforms.train_transforms`
+    (default augmentation) on a synthetic cached volume of ``volume_shape`` voxels, in this
+    process (as with ``data.num_workers: 0``).
+    """
+    import dataclasses
+    import math
+
+    from monai.data import MetaTensor
+    from monai.transforms import Compose
+
+    from medresunet.config import DataConfig
+    from medresunet.data.preprocessing import ChannelNorm, Preprocessing
+    from medresunet.data.transforms import train_transforms
+
+    dims = len(patch_size)
+    patch3 = tuple(patch_size) if dims == 3 else (*patch_size, 1)
+    shape = tuple(max(int(v), int(p)) for v, p in zip(volume_shape, patch3, strict=True))
+    prep = Preprocessing("RAS", (1.0, 1.0, 1.0), tuple(ChannelNorm("zscore") for _ in range(n_channels)), False,
+                         tuple(patch_size), dims)
+    cfg = dataclasses.replace(DataConfig(), patch_size=tuple(patch_size), samples_per_volume=samples_per_volume)
+    chain = Compose(train_transforms(prep, cfg)[1])
+    chain.set_random_state(seed=0)
+    gen = torch.Generator().manual_seed(0)
+    item = {"image": MetaTensor(torch.randn((n_channels, *shape), generator=gen)),
+            "label": MetaTensor((torch.rand((1, *shape), generator=gen) > 0.7).float())}
+    chain(dict(item))  # warm-up
+    start = time.perf_counter()
+    for _ in range(calls):
+        chain(dict(item))
+    per_call = (time.perf_counter() - start) / calls
+    return per_call * math.ceil(batch_size / samples_per_volume)

@@ -60,12 +60,14 @@ class ModelInfo:
         labels: name -> value, with ``background: 0``.
         input_channels: modality per input channel.
         preprocessing: object with ``to_dict()`` (``data.preprocessing.Preprocessing``).
+        plan: the planner's reasons and measurements (``Plan.to_dict()``) of a planned run.
     """
 
     kwargs: dict[str, Any]
     labels: Mapping[str, int]
     input_channels: Sequence[str]
     preprocessing: Any
+    plan: Mapping[str, Any] | None = None
 
     @property
     def label_names(self) -> list[str]:
@@ -220,4 +222,5 @@ def checkpoint_payload(state: TrainState, info: ModelInfo, config: Config) -> di
             "precision": state.precision,
         },
         "config": config_to_dict(config),
+        **({"plan": dict(info.plan)} if info.plan else {}),
     }
