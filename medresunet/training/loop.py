@@ -45,8 +45,7 @@ from tqdm.auto import tqdm
 
 from medresunet.config import Config
 from medresunet.devices import autocast
-from medresunet.training import accelerator
-from medresunet.training import budget
+from medresunet.training import accelerator, budget
 from medresunet.training import distributed as _dist
 from medresunet.training.checkpoint import load_checkpoint, save_checkpoint
 from medresunet.training.logs import TrainingLog
