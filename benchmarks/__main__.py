@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 
-SECTIONS = ("sliding_window", "infer_end_to_end", "evaluation", "training", "backends", "quality")
+SECTIONS = ("sliding_window", "infer_end_to_end", "evaluation", "training", "backends", "quality", "cv")
 
 
 def _machine() -> dict:

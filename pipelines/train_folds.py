@@ -96,7 +96,10 @@ def run_folds(args: argparse.Namespace, dist: Any, device: Any,
             cv.write_shared_config(run_dir, config_to_dict(config))
         cv.record_folds(run_dir, per_fold)
         check_cases(cases, manifest.labels, len(manifest.channels), progress=not args.quiet)
-        prep = cv.shared_fingerprint(run_dir, cases, lambda: _measure(cases, manifest, config, args.quiet))
+        from pipelines.train import _fingerprint  # the single run's measurement, on every CV case
+
+        prep = cv.shared_fingerprint(run_dir, cases,
+                                     lambda: _fingerprint(cases, manifest.channels, config, args.quiet))
     prep = distributed.broadcast_object(dist, prep)
     logger.info("cross-validation: %d folds over %d cases; training fold(s) %s into %s",
                 config.train.folds, len(cases), ", ".join(map(str, which)), run_dir)
@@ -152,13 +155,3 @@ def _finish(run_dir: Path, manifest: Any, quiet: bool) -> None:
     chosen = {name: d["chosen"] for name, d in out["postprocessing"]["labels"].items()}
     logger.info("postprocessing chosen by CV: %s (%s)", chosen, run_dir / "postprocessing.json")
 
-
-def _measure(cases: list, manifest: Any, config: Any, quiet: bool) -> Any:
-    from medresunet.data.fingerprint import fingerprint
-    from medresunet.errors import ManifestError
-
-    try:
-        return fingerprint(cases, manifest.channels, config.data, config.model.spatial_dims, quiet=quiet,
-                           seed=config.train.seed)
-    except ValueError as err:
-        raise ManifestError(f"cannot measure the training cases: {err}") from err

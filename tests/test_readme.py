@@ -30,7 +30,7 @@ def _commands() -> list[str]:
 
 
 def _main_of(program: str):
-    from pipelines import demo, evaluate, export, infer, manifest, plan, train
+    from pipelines import demo, evaluate, export, infer, manifest, plan, select, train
 
     return {
         "medresunet-train": train.main,
@@ -40,6 +40,7 @@ def _main_of(program: str):
         "medresunet-demo": demo.main,
         "medresunet-export": export.main,
         "medresunet-plan": plan.main,
+        "medresunet-select": select.main,
     }[program]
 
 
