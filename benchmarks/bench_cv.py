@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-FULL = {"data": {"n_train": 8, "n_test": 3}, "set": ["train.epochs=12", "train.val_interval=100"]}
+FULL = {"data": {"n_train": 8, "n_test": 3}, "set": ["train.epochs=5", "train.val_interval=100"]}
 QUICK = {"data": {"n_train": 3, "n_test": 2, "spacing_scale": 2.5},
          "set": ["model.channels=[4,8,16]", "data.target_spacing=[4.0,4.0,4.0]", "data.patch_size=[16,16,16]",
                  "train.epochs=2", "train.steps_per_epoch=2", "train.batch_size=1", "data.samples_per_volume=1"]}
