@@ -26,8 +26,9 @@ QUICK = {"data": {"n_train": 3, "n_test": 2, "spacing_scale": 2.5},
 
 def _test_dice(model: list[str], images: Path, labels: Path, out: Path, extra: list[str]) -> dict[str, float]:
     """Mean test Dice per label of ``medresunet-infer --model ...`` on the test scans."""
-    from medresunet.evaluation import evaluate_pairs, pair_cases
     from medresunet.metrics import summarize
+    from medresunet.metrics.evaluate import evaluate_pairs
+    from medresunet.metrics.pairing import pair_cases
     from pipelines import infer
 
     argv = [a for m in model for a in ("--model", m)]

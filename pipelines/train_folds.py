@@ -96,10 +96,12 @@ def run_folds(args: argparse.Namespace, dist: Any, device: Any,
             cv.write_shared_config(run_dir, config_to_dict(config))
         cv.record_folds(run_dir, per_fold)
         check_cases(cases, manifest.labels, len(manifest.channels), progress=not args.quiet)
-        from pipelines.train import _fingerprint  # the single run's measurement, on every CV case
+        from medresunet.training.prepare import (
+            measure_preprocessing,  # the single run's, on every CV case
+        )
 
         prep = cv.shared_fingerprint(run_dir, cases,
-                                     lambda: _fingerprint(cases, manifest.channels, config, args.quiet))
+                                     lambda: measure_preprocessing(cases, manifest.channels, config, args.quiet))
     prep = distributed.broadcast_object(dist, prep)
     logger.info("cross-validation: %d folds over %d cases; training fold(s) %s into %s",
                 config.train.folds, len(cases), ", ".join(map(str, which)), run_dir)
