@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import mmap
 
 import numpy as np
 import pytest
@@ -28,9 +29,13 @@ def _hardware_gflops_bound() -> float:
 def test_common_helpers():
     assert time_calls(lambda: sum(range(100)), repeats=2)["runs"] == 2
     with PeakMemory() as mem:
-        block = np.ones(20 * 2**20, np.uint8)  # 20 MiB, every page written
-        block[::4096] = 2
+        # fresh anonymous pages, every one written: memory the allocator cannot hand back
+        # from what earlier tests freed (np.ones could, leaving RSS where it was)
+        block = mmap.mmap(-1, 20 * 2**20)
+        for offset in range(0, len(block), 4096):
+            block[offset] = 2
     assert mem.peak_mb >= mem.start_mb and mem.delta_mb >= 19.5, (mem.start_mb, mem.peak_mb)
+    block.close()
     # a measured matmul rate: a wrong FLOP count or time unit would be off by 1000x (the
     # floor is 1 MFLOP/s: a loaded 2-core machine measured 0.095 GFLOP/s at this size)
     assert 1e-3 < peak_gflops("fp32", n=128, seconds=0.01) < _hardware_gflops_bound()
