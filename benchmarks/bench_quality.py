@@ -97,8 +97,10 @@ def _medresunet_side(manifest: Path, work: Path, minutes: float, env: dict[str, 
         return
     record = json.loads((run / "run.json").read_text())
     steps = record["result"]["global_step"]
-    out.update({"steps": steps, "training_seconds": record["time"]["training_seconds"],
-                "seconds_per_step": round(record["time"]["training_seconds"] / max(1, steps), 4),
+    step_s = record["time"]["step_seconds"]
+    out.update({"steps": steps, "training_seconds": record["time"]["training_seconds"], "step_seconds": step_s,
+                "seconds_per_step": round(step_s / max(1, steps), 4),
+                "budget_share_in_steps": round(step_s / (60.0 * minutes), 4),
                 "plan": {k: v for k, v in record["plan"].items() if k != "reasons"},
                 "patch_size": record["config"]["data"]["patch_size"],
                 "channels": record["config"]["model"]["channels"]})

@@ -23,6 +23,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("poly", "cosine", "constant")
 CACHES = ("memory", "disk", "none")
 VAL_MODES = ("volume", "patch")
+SAMPLINGS = ("posneg", "classes")
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,11 @@ class DataConfig:
     each channel's modality from the manifest (CT -> ``ct``, anything else ->
     ``zscore``). ``ct_window`` (HU) replaces the percentile clip of CT. ``num_workers``
     ``null`` (auto) is no loader worker on the CPU and one per core but one (at most 8) on
-    CUDA (``training.accelerator.loader_settings``).
+    CUDA (``training.accelerator.loader_settings``). ``sampling`` says where the
+    ``pos_fraction`` of patch centres that lie on a label go: ``posneg`` on any foreground
+    voxel (a large organ gets most of them), ``classes`` spread equally over the foreground
+    labels a case has (nnU-Net's foreground oversampling picks a class the same way), so a
+    small organ is seen as often as a large one.
     """
 
     target_spacing: tuple[float, float, float] | None = None
@@ -132,6 +137,7 @@ class DataConfig:
     patch_size: tuple[int, ...] = (96, 96, 96)
     samples_per_volume: int = 2
     pos_fraction: float = 0.67
+    sampling: str = "posneg"
     cache: str = "memory"
     cache_dir: str | None = None
     num_workers: int | None = None
@@ -140,6 +146,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check_choice("data.normalization", self.normalization, NORMALIZATIONS)
         _check_choice("data.cache", self.cache, CACHES)
+        _check_choice("data.sampling", self.sampling, SAMPLINGS)
         _check_orientation("data.orientation", self.orientation)
         if self.num_workers is not None and self.num_workers < 0:
             raise ConfigError(f"data.num_workers: expected >= 0, got {self.num_workers}")

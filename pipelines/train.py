@@ -230,7 +230,8 @@ def _finish_record(record: dict[str, Any], result: Any, run_dir: Path, t0: float
     }
     record["time"].update({"finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                            "seconds": round(time.monotonic() - t0, 2),
-                           "training_seconds": round(result.seconds, 2)})
+                           "training_seconds": round(result.seconds, 2),
+                           "step_seconds": round(result.step_seconds, 2)})
 
 
 def _finite(value: float) -> float | None:

@@ -145,6 +145,7 @@ BAD_VALUES = {
     "data.target_spacing": [1.0, 0.0, 1.0], "data.orientation": "RAX", "data.normalization": "minmax",
     "data.ct_window": [100, -100], "data.clip_percentiles": [99, 1], "data.crop_foreground": "no",
     "data.patch_size": [32, 0, 32], "data.samples_per_volume": 0, "data.pos_fraction": 1.5,
+    "data.sampling": "uniform",
     "data.cache": "ram", "data.cache_dir": 3, "data.num_workers": -1, "data.augment": [1],
     "data.augment.enabled": 2, "data.augment.flip_prob": 1.5, "data.augment.rotate_prob": -0.1,
     "data.augment.rotate_deg": 400.0, "data.augment.scale_prob": 2, "data.augment.scale_range": 1.5,

@@ -114,6 +114,32 @@ def test_train_patches_shape_and_alignment(tmp_path, dims):
         assert set(np.unique(s["label"].numpy())) <= {0.0, 1.0, 2.0}
 
 
+@pytest.mark.parametrize("sampling", ["posneg", "classes"])
+def test_class_sampling_reaches_a_small_label(tmp_path, sampling):
+    """``classes`` puts half the label centres on a small organ that ``posneg`` mostly misses."""
+    label = np.zeros((64, 64, 16), np.uint8)
+    label[4:60, 4:44, 2:14] = 1                        # a large organ: ~26900 voxels
+    label[50:56, 52:58, 6:10] = 2                      # a small one: 144 voxels (0.5% of the foreground)
+    data = _write(tmp_path, label.astype(np.float32) * 100.0, label, kind="ras", spacing=(1.0, 1.0, 1.0))
+    prep = _prep(ChannelNorm("none"), spacing=(1.0, 1.0, 1.0), patch=(8, 8, 4), crop=False)
+    cfg = DataConfig(patch_size=(8, 8, 4), samples_per_volume=200, pos_fraction=1.0, sampling=sampling,
+                     augment=AugmentConfig(enabled=False))
+    det, rnd = train_transforms(prep, cfg, n_classes=3)
+    chain = Compose(det + rnd)
+    chain.set_random_state(seed=0)
+    with_small = np.mean([float((s["label"] == 2).any()) for s in chain(data)])
+    if sampling == "classes":
+        assert 0.4 < with_small < 0.6, with_small      # half the centres on each of the two labels
+    else:
+        assert with_small < 0.1, with_small
+
+
+def test_class_sampling_needs_the_class_count():
+    prep = _prep(ChannelNorm("none"))
+    with pytest.raises(ValueError, match="number of classes"):
+        train_transforms(prep, DataConfig(patch_size=(16, 16, 8), sampling="classes"))
+
+
 def _dice(a, b, k):
     return 2.0 * np.sum((a == k) & (b == k)) / (np.sum(a == k) + np.sum(b == k))
 

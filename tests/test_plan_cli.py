@@ -63,6 +63,7 @@ def test_planned_training_end_to_end(dataset, tmp_path):
     assert record["result"]["global_step"] >= 1
     # the probe counts against the budget: planning + training end with the budget (+ the last validation)
     assert record["time"]["training_seconds"] <= 0.35 * 60 + 20
+    assert 0 < record["time"]["step_seconds"] <= record["time"]["training_seconds"]
     assert record["result"]["stopped_by_budget"] or record["result"]["epochs_done"] >= 1
     assert record["result"]["last_validation"]["n_cases"] == 1  # whole-volume validation at the end
     assert record["result"]["best_metric"]["epoch"] == record["result"]["epochs_done"]  # it wrote best.pt

@@ -66,7 +66,8 @@ def _dataset(items: list[dict], transforms: list, cache: str, cache_dir: str | P
 
 
 def make_train_dataset(cases: Sequence, prep: Preprocessing, data_cfg: DataConfig,
-                       cache_dir: str | Path | None = None, progress: bool = False):
+                       cache_dir: str | Path | None = None, progress: bool = False,
+                       n_classes: int | None = None):
     """Training dataset: cached preprocessing, then random patches and augmentation.
 
     Args:
@@ -76,6 +77,7 @@ def make_train_dataset(cases: Sequence, prep: Preprocessing, data_cfg: DataConfi
             augmentation, ``num_workers`` (threads filling the memory cache).
         cache_dir: overrides ``data_cfg.cache_dir`` for the disk cache.
         progress: progress bar while filling the memory cache.
+        n_classes: classes, background included (needed by ``data.sampling: classes``).
 
     Returns:
         A MONAI dataset; item ``i`` is a list of ``samples_per_volume`` dicts
@@ -84,7 +86,7 @@ def make_train_dataset(cases: Sequence, prep: Preprocessing, data_cfg: DataConfi
     missing = [c.case_id for c in cases if c.label is None]
     if missing:
         raise ValueError(f"make_train_dataset: cases without a label: {missing}")
-    det, rnd = train_transforms(prep, data_cfg)
+    det, rnd = train_transforms(prep, data_cfg, n_classes)
     return _dataset(case_dicts(cases), det + rnd, data_cfg.cache, cache_dir or data_cfg.cache_dir,
                     prep, data_cfg.num_workers, progress)
 

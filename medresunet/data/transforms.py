@@ -180,30 +180,51 @@ def augment_transforms(prep: Preprocessing, aug: AugmentConfig) -> list:
     return out
 
 
-def train_transforms(prep: Preprocessing, data_cfg: DataConfig) -> tuple[list, list]:
+def patch_sampler(keys: tuple[str, str], patch: tuple[int, ...], data_cfg: DataConfig,
+                  n_classes: int | None = None):
+    """The random patch crop of ``data_cfg.sampling`` (``pos_fraction`` of the centres on a label).
+
+    ``posneg``: MONAI ``RandCropByPosNegLabeld`` (centres on any foreground voxel or on
+    background). ``classes``: ``RandCropByLabelClassesd`` with ratio ``1 - pos_fraction``
+    for the background and ``pos_fraction / (n_classes - 1)`` for each label (a label a case
+    lacks gets no centre), so it needs ``n_classes`` (background included).
+    """
+    from monai.transforms import RandCropByLabelClassesd, RandCropByPosNegLabeld
+
+    pos, n = float(data_cfg.pos_fraction), data_cfg.samples_per_volume
+    if data_cfg.sampling == "posneg":
+        return RandCropByPosNegLabeld(keys, label_key=LABEL, spatial_size=patch, pos=pos, neg=1.0 - pos,
+                                      num_samples=n)
+    if n_classes is None or n_classes < 2:
+        raise ValueError(f"data.sampling 'classes' needs the number of classes (>= 2), got {n_classes}")
+    ratios = [1.0 - pos] + [pos / (n_classes - 1)] * (n_classes - 1)
+    return RandCropByLabelClassesd(keys, label_key=LABEL, spatial_size=patch, ratios=ratios,
+                                   num_classes=n_classes, num_samples=n, warn=False)
+
+
+def train_transforms(prep: Preprocessing, data_cfg: DataConfig, n_classes: int | None = None) -> tuple[list, list]:
     """Training chain split into its cacheable and random parts.
 
     Deterministic: :func:`preprocess_transforms` then padding to at least the patch
     (images with their background value, labels with 0). Random: label-balanced
-    patches (``RandCropByPosNegLabeld``, ``pos_fraction`` of the centres on a foreground
-    voxel, ``samples_per_volume`` per volume), for a 2D model ``(H, W, 1)`` slabs
+    patches (:func:`patch_sampler`: ``pos_fraction`` of the centres on a label,
+    ``samples_per_volume`` per volume), for a 2D model ``(H, W, 1)`` slabs
     squeezed to ``(C, H, W)``, augmentation per ``data_cfg.augment``, and plain float32
-    tensors (meta dropped) for the batch.
+    tensors (meta dropped) for the batch. ``n_classes`` (background included) is needed
+    by ``data.sampling: classes``.
 
     Returns:
         ``(deterministic, random)`` lists; each sample is ``{"image": (C, *patch_size),
         "label": (1, *patch_size)}`` and one input dict gives a list of
         ``samples_per_volume`` samples (collate with ``monai.data.list_data_collate``).
     """
-    from monai.transforms import EnsureTyped, RandCropByPosNegLabeld, SqueezeDimd
+    from monai.transforms import EnsureTyped, SqueezeDimd
 
     patch = _patch_3d(prep)
     keys = (IMAGE, LABEL)
     fallback = [background_value(prep, c) for c in range(prep.n_channels)]
     deterministic = preprocess_transforms(prep, keys) + [BackgroundPadd(IMAGE, LABEL, patch, fallback)]
-    pos = float(data_cfg.pos_fraction)
-    random = [RandCropByPosNegLabeld(keys, label_key=LABEL, spatial_size=patch, pos=pos, neg=1.0 - pos,
-                                     num_samples=data_cfg.samples_per_volume)]
+    random = [patch_sampler(keys, patch, data_cfg, n_classes)]
     if prep.spatial_dims == 2:
         random.append(SqueezeDimd(keys, dim=-1))
     random += augment_transforms(prep, data_cfg.augment)

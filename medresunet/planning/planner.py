@@ -45,6 +45,7 @@ TARGET_EPOCHS = 20           # epochs of a budget run (the steps per epoch follo
 CPU_GFLOP_PER_STEP = 40.0    # a CPU without a budget: the largest candidate under this
 CPU_MEMORY_GB = 6.0          # activation memory a CPU candidate may use
 GPU_MEMORY_FRACTION = 0.8    # of the GPU's memory, for a training step
+POS_FRACTION = 0.67          # of the patch centres on a label, spread equally over the labels
 
 
 @dataclass(frozen=True)
@@ -283,6 +284,8 @@ def _geometry_reasons(fp: DatasetFingerprint, cand: Candidate, spacing: Sequence
                                "the finest"),
         ("model.channels", f"{list(cand.channels)}: {cand.channels[0]} at full resolution, doubling per "
                            f"level, {topo.levels} levels"),
+        ("data.sampling", f"classes: {POS_FRACTION:.0%} of the patch centres on a label, the same share for "
+                          "each label (a small organ is seen as often as a large one)"),
         ("train.batch_size", f"{cand.batch_size} patches per step ({cand.gflop_per_step:.1f} GFLOP, "
                              f"~{cand.memory_gb:.2f} GB of activations estimated)"),
     ]
@@ -316,7 +319,8 @@ def make_plan(fp: DatasetFingerprint, target: Target, cands: Sequence[Candidate]
                   "kernel_sizes": [list(k) for k in topo.kernel_sizes], "norm": "instance",
                   "act": "leakyrelu", "upsample": "transpose", "downsample": "maxpool"},
         "data": {"target_spacing": [float(s) for s in spacing], "patch_size": list(topo.patch_size),
-                 "samples_per_volume": 8 if dims == 2 else 2, "crop_foreground": True},
+                 "samples_per_volume": 8 if dims == 2 else 2, "crop_foreground": True,
+                 "sampling": "classes", "pos_fraction": POS_FRACTION},
         "train": {"epochs": sched.epochs, "steps_per_epoch": sched.steps_per_epoch,
                   "batch_size": cand.batch_size, "lr": sched.lr, "schedule": "poly", "warmup_epochs": 1,
                   "val_interval": sched.val_interval, "val_mode": "patch",

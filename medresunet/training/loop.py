@@ -69,7 +69,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainResult:
-    """What a call of :func:`train` did."""
+    """What a call of :func:`train` did.
+
+    ``seconds`` is the wall-clock time of the call (validations and checkpoints included);
+    ``step_seconds`` the part spent in the epochs' training steps (data loading included).
+    """
 
     run_dir: Path
     epochs_done: int
@@ -80,6 +84,7 @@ class TrainResult:
     stopped_by_budget: bool
     seconds: float
     outputs: dict[str, str] = field(default_factory=dict)
+    step_seconds: float = 0.0
 
 
 @dataclass
@@ -99,6 +104,7 @@ class _Run:
     start_epoch: int = 0  # the epoch this call started from (its --max-minutes counts from there)
     patch_val: list[dict[str, Any]] | None = None  # train.val_mode patch: the crops validated on
     epoch_seconds: list[float] = field(default_factory=list)
+    step_seconds: float = 0.0  # in training steps (run_epoch), validations and checkpoints left out
 
     @property
     def main(self) -> bool:
@@ -175,6 +181,7 @@ def train(config: Config, model: torch.nn.Module, data: TrainData, info: ModelIn
                 break
             e_start = time.monotonic()
             losses = run_epoch(run, state, epoch)
+            run.step_seconds += time.monotonic() - e_start
             fit_budget(run, state, time.monotonic() - e_start)
             if end_epoch(run, state, losses, time.monotonic() - e_start):
                 break
@@ -387,4 +394,4 @@ def _finish(run: _Run, state: TrainState) -> TrainResult:
     return TrainResult(run_dir=run_dir, epochs_done=state.epoch, global_step=state.global_step,
                        best_metric=state.best_metric, best_epoch=state.best_epoch, last_val=state.last_val,
                        stopped_by_budget=state.stopped_by_budget, seconds=time.monotonic() - run.t0,
-                       outputs=outputs)
+                       outputs=outputs, step_seconds=run.step_seconds)

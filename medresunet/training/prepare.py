@@ -89,15 +89,19 @@ def measure_preprocessing(train_cases: Sequence[Case], channels: Sequence[str], 
 
 
 def make_train_data(train_cases: Sequence[Case], val_cases: Sequence[Case], prep: Any, config: Config,
-                    quiet: bool = False) -> Any:
-    """Cached training / validation datasets and the per-image background, as ``TrainData``."""
+                    quiet: bool = False, n_classes: int | None = None) -> Any:
+    """Cached training / validation datasets and the per-image background, as ``TrainData``.
+
+    ``n_classes`` (background included) is what ``data.sampling: classes`` spreads the
+    patch centres over.
+    """
     from medresunet.data.datasets import make_train_dataset, make_val_dataset
     from medresunet.data.transforms import background_value
     from medresunet.training.run_state import TrainData
 
     data = config.data
     logger.info("preprocessing %d training and %d validation cases", len(train_cases), len(val_cases))
-    train_data = make_train_dataset(list(train_cases), prep, data, progress=not quiet)
+    train_data = make_train_dataset(list(train_cases), prep, data, progress=not quiet, n_classes=n_classes)
     val_data = (make_val_dataset(list(val_cases), prep, cache=data.cache, cache_dir=data.cache_dir,
                                  num_workers=data.num_workers, progress=not quiet)
                 if val_cases else [])
@@ -155,8 +159,9 @@ def prepare_training(manifest: Manifest, config: Config, *, preprocessing: dict[
     prep = _shared_preprocessing(train_cases, manifest, config, preprocessing, dist, quiet)
     logger.info("preprocessing: %s", prep.to_dict())
     own_cases = distributed.shard(train_cases, dist.rank, dist.world_size)  # this rank's share only
-    data = make_train_data(own_cases, val_cases if dist.is_main else [], prep, config, quiet or not dist.is_main)
     n_in, n_out = len(manifest.channels), max(manifest.labels.values()) + 1
+    data = make_train_data(own_cases, val_cases if dist.is_main else [], prep, config, quiet or not dist.is_main,
+                           n_classes=n_out)
     info = ModelInfo(kwargs=network_kwargs(config.model, n_in, n_out), labels=manifest.labels,
                      input_channels=list(manifest.channels), preprocessing=prep)
     seed_everything(config.train.seed)  # the initial weights depend on the seed only

@@ -228,7 +228,8 @@ def _timings_html(record: Mapping[str, Any], curves: Curves | None) -> str:
     rows: list[tuple[str, Any]] = [("started", t.get("started")), ("finished", t.get("finished")),
                                    ("status", record.get("status")),
                                    ("epochs done", result.get("epochs_done")), ("steps", result.get("global_step")),
-                                   ("whole command (s)", t.get("seconds")), ("training (s)", t.get("training_seconds"))]
+                                   ("whole command (s)", t.get("seconds")), ("training (s)", t.get("training_seconds")),
+                                   ("in training steps (s)", t.get("step_seconds"))]
     if curves is not None and np.isfinite(curves.seconds).any():
         s, val = curves.seconds, np.isfinite(curves.dice_mean)
         rows.append(("seconds per epoch (median)", float(np.nanmedian(s))))
