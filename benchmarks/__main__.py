@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
     parser.add_argument("--minutes", type=float, help="quality: training budget per side and dataset "
                                                       "(default 15; --quick: 1)")
+    parser.add_argument("--keep", metavar="DIR", help="quality: keep the datasets, run folders and predictions "
+                                                      "in DIR (default: a temporary folder, removed)")
     args = parser.parse_args(argv)
 
     results: dict = {"machine": _machine()}
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[benchmarks] {section} ...", file=sys.stderr, flush=True)
         try:
             module = importlib.import_module(f"benchmarks.bench_{section}")
-            extra = {"minutes": args.minutes} if section == "quality" else {}
+            extra = {"minutes": args.minutes, "keep": args.keep} if section == "quality" else {}
             figures = module.run(quick=args.quick, **extra)
         except Exception as err:  # a broken section must not hide the others' figures
             traceback.print_exc()

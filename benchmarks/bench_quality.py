@@ -144,14 +144,24 @@ def compare(manifest: Path, work: Path, minutes: float, threads: int) -> dict[st
     return out
 
 
-def run(quick: bool = False, minutes: float | None = None, threads: int = 1) -> dict[str, Any]:
-    """Both datasets in turn; ``minutes`` per side (default 15, quick 1)."""
+def run(quick: bool = False, minutes: float | None = None, threads: int = 1,
+        keep: str | None = None) -> dict[str, Any]:
+    """Both datasets in turn; ``minutes`` per side (default 15, quick 1).
+
+    ``keep``: a folder for the datasets, run folders and predictions (kept); default a
+    temporary folder, removed at the end.
+    """
+    import contextlib
+
     from benchmarks.common import load_average
 
     minutes = float(minutes if minutes is not None else (1.0 if quick else 15.0))
     result: dict[str, Any] = {"minutes_per_side": minutes, "threads_per_side": threads,
                               "load_average_before": load_average()}
-    with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+    folder = contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory(prefix="bench-quality-")
+    with folder as tmp:
         for name, spacings in DATASETS.items():
             work = Path(tmp) / name
             manifest = make_dataset(work / "data", spacings)
