@@ -12,8 +12,10 @@ thread count (so both see the same machine load):
   DiceCE, AdamW) trained for T minutes, then predicting the same scans.
 
 Reported per dataset and side: mean Dice per label over the test scans (on each scan's own
-grid), steps trained, seconds per step, and the difference medresunet - MONAI.
-``python -m benchmarks --only quality --minutes T`` (default 15; ``--quick``: 1).
+grid), steps trained, seconds per step, the share of medresunet's budget spent in training
+steps, and the difference medresunet - MONAI.
+``python -m benchmarks --only quality --minutes T [--keep DIR]`` (default 15; ``--quick``: 1;
+``--keep`` a new folder for the datasets, run folders and predictions).
 """
 
 from __future__ import annotations

@@ -165,6 +165,8 @@ def _run_rank(args: argparse.Namespace, dist: Any, device: Any) -> int:
     if not dist.is_main:
         return EXIT_OK
     _finish_record(record, result, run_dir, t0)
+    if budget is not None:  # summary.html marks where it ends on the curves
+        record["budget"] = {"training_minutes": round(budget, 4), "from_epoch": result.start_epoch}
     write_run_json(run_dir / "run.json", record)
     from medresunet.training.summary import write_summary
 

@@ -1,6 +1,7 @@
 """``medresunet-train --fold K|all``: cross-validation folds of one run.
 
     medresunet-train --manifest M --config C --output RUN --fold all [--max-minutes T]
+    medresunet-train --manifest M --output RUN --fold all --max-minutes T    (planned)
     medresunet-train --manifest M --config C --output RUN --fold ${SLURM_ARRAY_TASK_ID}
     medresunet-train --manifest M --output RUN --fold K --resume
 
@@ -11,7 +12,8 @@ validation cases are predicted whole into ``RUN/cv/predictions/`` (``RUN/fold_K/
 records them); the call that finds every fold done writes ``RUN/cv/report/``,
 ``RUN/cv/summary.json`` and ``RUN/postprocessing.json`` (:mod:`medresunet.crossval`).
 ``--max-minutes`` is the budget of the whole call: each fold gets an equal share of what is
-left when it starts.
+left when it starts. Without ``--config`` the folds' one config is planned
+(:mod:`medresunet.planning`) for one fold's share of the budget (``RUN/plan.yaml``).
 """
 
 from __future__ import annotations
@@ -32,10 +34,9 @@ from pipelines._cli import EXIT_OK
 logger = logging.getLogger("medresunet.train")
 
 
-def _base_config(args: argparse.Namespace, run_dir: Path) -> Any:
-    """The run's shared config: --config (+ --set), else the one a fold of RUN stored."""
+def _base_config(args: argparse.Namespace, run_dir: Path, device: Any, dist: Any) -> Any:
+    """The run's shared config: --config (+ --set), else the one a fold of RUN stored, else planned."""
     from medresunet.config import apply_overrides, config_from_dict, load_config
-    from medresunet.errors import UsageError
     from medresunet.training.checkpoint import load_checkpoint
 
     stored = sorted(run_dir.glob("fold_*/last.pt"))
@@ -44,10 +45,35 @@ def _base_config(args: argparse.Namespace, run_dir: Path) -> Any:
     elif stored:
         config = config_from_dict(apply_overrides(load_checkpoint(stored[0]).get("config") or {}, args.set))
     else:
-        raise UsageError("--config is required for the first fold of a run (a YAML file or a preset: "
-                     "3d, 2d, article, demo)")
+        config = _planned_folds_config(args, run_dir, device, dist)
     if args.epochs is not None:
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=args.epochs))
+    return config
+
+
+def _planned_folds_config(args: argparse.Namespace, run_dir: Path, device: Any, dist: Any) -> Any:
+    """No --config: one plan for every fold, made on fold 0's split with one fold's share of the budget.
+
+    The folds train on equal-sized splits of the same cases, so one plan fits them all;
+    ``RUN/plan.yaml`` keeps it with its reasons.
+    """
+    from medresunet.config import apply_overrides, config_from_dict
+    from medresunet.crossval import folds as cv
+    from medresunet.io.atomic import write_text_atomic
+    from medresunet.manifest import load_manifest
+    from medresunet.planning import plan_yaml
+    from medresunet.training.autoplan import planned_config
+
+    base = config_from_dict(apply_overrides({}, list(args.set))).train
+    which = cv.parse_fold(args.fold, base.folds)
+    _check_fold_dirs(args, run_dir, which)  # before the probe's seconds are spent
+    minutes = cv.share_minutes(args.max_minutes, len(which))
+    manifest = cv.cv_manifest(load_manifest(args.manifest))
+    config, plan = planned_config(manifest, [*args.set, "train.fold=0"], None, device, minutes, dist, args.quiet)
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, fold=base.fold))
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "plan.yaml", plan_yaml(plan))
     return config
 
 
@@ -83,7 +109,7 @@ def run_folds(args: argparse.Namespace, dist: Any, device: Any,
 
     t0 = time.monotonic()
     run_dir = Path(args.output)
-    config = _base_config(args, run_dir)
+    config = _base_config(args, run_dir, device, dist)
     which = cv.parse_fold(args.fold, config.train.folds)
     _check_fold_dirs(args, run_dir, which)
     manifest = cv.cv_manifest(load_manifest(args.manifest))

@@ -98,3 +98,23 @@ def test_summary_without_manifest_still_written(tmp_path):
 def test_no_run_json_no_page(tmp_path, caplog):
     assert summary.write_summary(tmp_path) is None
     assert not (tmp_path / "summary.html").exists() and "no summary.html" in caplog.text
+
+
+def test_the_budget_end_is_marked_on_the_curves(tmp_path, monkeypatch):
+    """run.json's budget (the training minutes of the last call) reaches the curves' budget mark."""
+    run = _run(tmp_path)
+    plain = summary.render_summary(run)
+    record = json.loads((run / "run.json").read_text())
+    record["budget"] = {"training_minutes": 0.2, "from_epoch": 1}  # 5 s epochs: ends in epoch 3
+    (run / "run.json").write_text(json.dumps(record))
+    calls = []
+    real = summary.render_progress_png
+
+    def spy(*args):
+        calls.append(args[1:])
+        return real(*args)
+
+    monkeypatch.setattr(summary, "render_progress_png", spy)
+    marked = summary.render_summary(run)
+    assert calls == [(0.2, 0, 1)]  # this run's curve (the only one), from the resumed epoch
+    assert marked != plain  # the mark is drawn

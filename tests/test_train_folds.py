@@ -116,3 +116,26 @@ def test_select_cli(folds_run, tmp_path, capsys):
     assert doc["chosen"]["runs"] == [str(run)] and doc["chosen"]["mean_dice"] == summary["mean_dice"]
     assert "use: " in capsys.readouterr().out
     assert select([str(tmp_path / "nothing"), "--output", str(out)]) == 2  # no CV summary: usage error
+
+
+def test_planned_folds_without_config(tmp_path):
+    """--fold all without --config: one plan for the folds (RUN/plan.yaml), each fold trains with it."""
+    import numpy as np
+
+    from medresunet.config import load_config
+
+    cases = [(cid, kind, sp, np.float32, slope, split) for cid, kind, sp, _, slope, split in CASES[:4]]
+    manifest = write_dataset(tmp_path / "data", cases, shape=(24, 24, 16))
+    run = tmp_path / "RUN"
+    assert main(["--manifest", str(manifest), "--output", str(run), "--fold", "all", "--max-minutes", "0.5",
+                 "--quiet", "--device", "cpu", "--set", "train.folds=2", "--set", "train.precision=fp32"]) == 0
+    plan = (run / "plan.yaml").read_text()
+    assert "data.patch_size" in plan and "measured:" in plan  # the reasons and the probe's figure
+    shared = load_config(run / "config.yaml")
+    assert shared.data == load_config(run / "plan.yaml").data and shared.train.fit_budget
+    assert shared.train.folds == 2 and shared.train.precision == "fp32"
+    for k in (0, 1):
+        record = json.loads((run / f"fold_{k}" / "run.json").read_text())
+        assert record["status"] in ("finished", "budget_reached") and record["result"]["global_step"] >= 1
+        assert load_config(run / f"fold_{k}" / "config.yaml").train.fold == k
+    assert json.loads((run / "cv" / "summary.json").read_text())

@@ -29,7 +29,6 @@ from medresunet.crossval.layout import (
     read_folds,
     read_oof_record,
 )
-from medresunet.errors import ScanError
 from medresunet.io.atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -143,17 +142,15 @@ def read_oof_cases(predictions: Mapping[str, Path], references: Mapping[str, Pat
                    ) -> Iterator[tuple[str, np.ndarray, np.ndarray, tuple[float, ...]]]:
     """``(case_id, prediction, reference, spacing_mm)`` per case, read one at a time.
 
+    The pair is read as the evaluation reads it (:func:`medresunet.metrics.evaluate.read_pair`).
+
     Raises:
-        ScanError: a prediction is not on its reference's grid.
+        ScanError: a prediction is not on its reference's grid, or a file holds non-integer labels.
     """
-    from medresunet.io import read_volume
+    from medresunet.metrics.evaluate import read_pair
 
     for case_id in sorted(set(predictions) & set(references)):
-        ref, ref_geom = read_volume(references[case_id])
-        pred, pred_geom = read_volume(predictions[case_id])
-        if not pred_geom.same_grid(ref_geom, atol=1e-3):
-            raise ScanError(f"{predictions[case_id]}: not on the grid of {references[case_id]} "
-                            f"(expected {ref_geom.describe()}, got {pred_geom.describe()})")
+        pred, ref, ref_geom = read_pair(predictions[case_id], references[case_id])
         yield case_id, np.rint(pred).astype(np.int32), np.rint(ref).astype(np.int32), ref_geom.spacing
 
 

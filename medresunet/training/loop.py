@@ -72,7 +72,8 @@ class TrainResult:
     """What a call of :func:`train` did.
 
     ``seconds`` is the wall-clock time of the call (validations and checkpoints included);
-    ``step_seconds`` the part spent in the epochs' training steps (data loading included).
+    ``step_seconds`` the part spent in the epochs' training steps (data loading included);
+    ``start_epoch`` the epoch the call started from (0, or the resumed epoch).
     """
 
     run_dir: Path
@@ -85,6 +86,7 @@ class TrainResult:
     seconds: float
     outputs: dict[str, str] = field(default_factory=dict)
     step_seconds: float = 0.0
+    start_epoch: int = 0
 
 
 @dataclass
@@ -394,4 +396,5 @@ def _finish(run: _Run, state: TrainState) -> TrainResult:
     return TrainResult(run_dir=run_dir, epochs_done=state.epoch, global_step=state.global_step,
                        best_metric=state.best_metric, best_epoch=state.best_epoch, last_val=state.last_val,
                        stopped_by_budget=state.stopped_by_budget, seconds=time.monotonic() - run.t0,
-                       outputs=outputs, step_seconds=run.step_seconds)
+                       outputs=outputs, step_seconds=run.step_seconds,
+                       start_epoch=run.start_epoch)

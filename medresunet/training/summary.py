@@ -248,8 +248,12 @@ def _versions_html(record: Mapping[str, Any]) -> str:
     return _table(("", "version"), rows) if rows else "<p>run.json holds no versions.</p>"
 
 
-def _curves_html(run_dir: Path) -> tuple[str, Curves | None]:
-    """The progress picture of the run's root (all folds) and this run's own curves."""
+def _curves_html(run_dir: Path, budget: Mapping[str, Any] | None = None) -> tuple[str, Curves | None]:
+    """The progress picture of the run's root (all folds) and this run's own curves.
+
+    ``budget``: ``run.json``'s ``budget`` (``training_minutes``, ``from_epoch``) of the last
+    invocation; its end is marked on this run's curves.
+    """
     logs = find_logs(run_root(run_dir))
     try:
         curves = [read_log(path, name) for name, path in logs]
@@ -261,7 +265,10 @@ def _curves_html(run_dir: Path) -> tuple[str, Curves | None]:
     from medresunet.metrics.figures import png_data_uri
 
     try:
-        uri = png_data_uri(render_progress_png(curves))
+        index = next((i for i, (_, path) in enumerate(logs) if path.parent == run_dir), -1)
+        marked = budget if budget and index >= 0 else {}
+        uri = png_data_uri(render_progress_png(curves, marked.get("training_minutes"), index,
+                                               int(marked.get("from_epoch") or 0)))
     except ImportError:
         return "<p>(matplotlib is not installed: no curves; <code>pip install medresunet[report]</code>)</p>", own
     return f"<img class=curves alt='training curves' src='{uri}'>", own
@@ -276,7 +283,7 @@ def render_summary(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     labels = [n for n, v in ((record.get("inputs") or {}).get("labels") or {}).items() if v != 0]
-    curves_html, curves = _curves_html(run_dir)
+    curves_html, curves = _curves_html(run_dir, record.get("budget"))
     title = f"medresunet run: {run_dir.name}"
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_e(title)}</title>",
              f"<style>{PAGE_CSS}\nimg.curves{{max-width:100%}}.note{{color:#666}}.cols{{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}}</style></head><body>",
