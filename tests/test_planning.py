@@ -150,3 +150,43 @@ def test_plan_is_a_config_file(tmp_path):
 def test_bad_fingerprint_is_refused():
     with pytest.raises(ValueError, match="one spacing and one shape per case"):
         DatasetFingerprint(((1.0, 1.0, 1.0),), (), ("CT",), 2)
+
+
+def test_the_probe_times_the_open_step_modes_and_the_plan_takes_the_fastest(monkeypatch):
+    """auto precision on a bf16 CPU and an open layout: four modes timed, the fastest planned."""
+    import torch
+
+    from medresunet.training import autoplan, probe
+    from medresunet.training.probe import StepMode
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(probe, "cpu_supports_bf16", lambda: True)
+    four = probe.step_modes("auto", None, cpu)
+    assert set(four) == {StepMode(p, c) for p in ("bf16", "fp32") for c in (True, False)}
+    assert probe.step_modes("bf16", False, cpu) == (StepMode("bf16", False),)  # explicit values stay
+    assert probe.step_modes("fp16", True, cpu) == (StepMode("fp32", True),)  # fp16 is CUDA-only
+    monkeypatch.setattr(probe, "cpu_supports_bf16", lambda: False)
+    assert {m.precision for m in probe.step_modes("auto", None, cpu)} == {"fp32"}  # emulated bf16: never
+
+    timed = []
+
+    def fake_step(kwargs, patch, batch, device, precision, channels_last=None):
+        timed.append((precision, channels_last))
+        return {("bf16", True): 0.6, ("bf16", False): 0.2, ("fp32", True): 0.3, ("fp32", False): 0.35}[
+            (precision, channels_last)]
+
+    monkeypatch.setattr(probe, "measure_step_seconds", fake_step)
+    best, seconds = probe.fastest_mode({}, (8, 8, 8), 2, cpu, four)
+    assert best == StepMode("bf16", False) and len(timed) == 4 and seconds[StepMode("fp32", True)] == 0.3
+
+    assert autoplan.mode_choice({StepMode("fp32", True): 0.2}) is None  # one mode: nothing was chosen
+    values, why = autoplan.mode_choice(seconds)
+    assert values == {"precision": "bf16", "channels_last": False}
+    assert "0.200" in why and "bf16 channels-last 0.600" in why
+    fp = fingerprint([(1.5, 1.5, 1.5)] * 4, [(96, 80, 64)] * 4)
+    target = Target("cpu", None, 15.0)
+    cands = candidates(fp, target)
+    tc = make_plan(fp, target, cands, 0, "test", {0: 0.3}, (values, why)).config.train
+    assert (tc.precision, tc.channels_last) == ("bf16", False)
+    tc = make_plan(fp, target, cands, 0, "test", {0: 0.3}).config.train
+    assert (tc.precision, tc.channels_last) == ("auto", None)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -292,7 +293,8 @@ def _geometry_reasons(fp: DatasetFingerprint, cand: Candidate, spacing: Sequence
 
 
 def make_plan(fp: DatasetFingerprint, target: Target, cands: Sequence[Candidate], index: int, why: str,
-              measured: Mapping[int, float] | None = None) -> Plan:
+              measured: Mapping[int, float] | None = None,
+              step_mode: tuple[Mapping[str, Any], str] | None = None) -> Plan:
     """The :class:`Plan` of candidate ``cands[index]`` (chosen by :func:`choose` for ``why``).
 
     Args:
@@ -302,6 +304,8 @@ def make_plan(fp: DatasetFingerprint, target: Target, cands: Sequence[Candidate]
         index: the chosen one.
         why: the reason of the choice (from :func:`choose`).
         measured: the probe's figures, candidate index -> seconds per step.
+        step_mode: ``({"precision": ..., "channels_last": ...}, reason)`` when the probe
+            chose them; else the config's defaults (``auto``, ``null``) stay.
     """
     from medresunet.planning.schedule import plan_schedule
 
@@ -328,6 +332,9 @@ def make_plan(fp: DatasetFingerprint, target: Target, cands: Sequence[Candidate]
     }
     reasons = [("candidate", f"{cand.describe()}: {why}"), *_geometry_reasons(fp, cand, spacing, median),
                *sched.reasons]
+    if step_mode is not None:
+        raw["train"].update(step_mode[0])
+        reasons.append(("train.precision, train.channels_last", step_mode[1]))
     probe = tuple((cands[i].describe(), round(float(s), 4)) for i, s in sorted(measured.items()))
     return Plan(config_from_dict(raw), tuple(reasons), step_s, steps, probe)
 

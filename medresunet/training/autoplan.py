@@ -52,13 +52,25 @@ def dataset_fingerprint(train_cases: Sequence, n_val_cases: int, channels: Seque
                               int(n_val_cases))
 
 
+def _network_kwargs(cand: Any, fp: DatasetFingerprint) -> dict[str, Any]:
+    """``ResidualUNet`` keyword arguments of a planner candidate."""
+    return {"spatial_dims": cand.spatial_dims, "in_channels": len(fp.channels), "out_channels": fp.n_classes,
+            "channels": list(cand.channels), "norm": "instance", "act": "leakyrelu",
+            "strides": [list(s) for s in cand.topology.strides],
+            "kernel_sizes": [list(k) for k in cand.topology.kernel_sizes]}
+
+
 def plan_training(fp: DatasetFingerprint, device: Any, max_minutes: float | None = None,
-                  gpu_memory: float | None = None, precision: str = "auto") -> Plan:
+                  gpu_memory: float | None = None, precision: str = "auto",
+                  channels_last: bool | None = None) -> Plan:
     """The plan for ``fp`` on ``device`` (a ``torch.device``) within ``max_minutes``.
 
     With ``max_minutes`` the candidates are probed on ``device`` (at most
     :data:`PROBE_FRACTION` of the budget, :data:`PROBE_MAX_S` s), smallest first, until one
-    trains too few steps; the plan takes the largest that still trains enough.
+    trains too few steps; the plan takes the largest that still trains enough. The smallest
+    candidate is timed in every step mode that ``precision`` and ``channels_last`` leave
+    open (:func:`~medresunet.training.probe.step_modes`); the fastest is planned and the
+    larger candidates are timed in it.
 
     Args:
         fp: the dataset.
@@ -66,12 +78,15 @@ def plan_training(fp: DatasetFingerprint, device: Any, max_minutes: float | None
         max_minutes: the training budget, or None.
         gpu_memory: GPU memory to plan for (GB); default: the device's.
         precision: the training precision (as ``train.precision``).
+        channels_last: the memory layout (as ``train.channels_last``; None: open).
     """
     from medresunet.networks import ResidualUNet
     from medresunet.training.probe import (
+        fastest_mode,
         measure_data_seconds,
         measure_step_seconds,
         probe_candidates,
+        step_modes,
     )
 
     kind = "cuda" if getattr(device, "type", str(device)) == "cuda" else "cpu"
@@ -79,18 +94,22 @@ def plan_training(fp: DatasetFingerprint, device: Any, max_minutes: float | None
     target = Target(kind, memory, max_minutes)
     cands = candidates(fp, target)
     measured: dict[int, float] = {}
+    modes: dict[Any, float] = {}  # step mode -> s/step of the smallest candidate's network
     if target.budget_s is not None:
         def measure(i: int) -> float:
             c = cands[i]
-            kwargs = {"spatial_dims": c.spatial_dims, "in_channels": len(fp.channels),
-                      "out_channels": fp.n_classes, "channels": list(c.channels), "norm": "instance",
-                      "act": "leakyrelu", "strides": [list(s) for s in c.topology.strides],
-                      "kernel_sizes": [list(k) for k in c.topology.kernel_sizes]}
+            kwargs = _network_kwargs(c, fp)
             ResidualUNet(**kwargs)  # fail here, not in the loop, on a bad candidate
-            net = measure_step_seconds(kwargs, c.topology.patch_size, c.batch_size, device, precision)
+            if not modes:  # the smallest candidate decides the step mode of all
+                modes.update(fastest_mode(kwargs, c.topology.patch_size, c.batch_size, device,
+                                          step_modes(precision, channels_last, device))[1])
+            mode = min(modes, key=modes.__getitem__)
+            net = modes[mode] if i == 0 else measure_step_seconds(
+                kwargs, c.topology.patch_size, c.batch_size, device, mode.precision, channels_last=mode.channels_last)
             data = measure_data_seconds(c.topology.patch_size, median, len(fp.channels),
                                         8 if c.spatial_dims == 2 else 2, c.batch_size)
-            logger.info("probe: %s: %.3f s/step (network %.3f, data %.3f)", c.describe(), net + data, net, data)
+            logger.info("probe: %s: %.3f s/step (network %.3f in %s, data %.3f)", c.describe(), net + data, net,
+                        mode.describe(), data)
             return net + data
 
         median = tuple(int(m) for m in geometry(fp)[1])
@@ -99,7 +118,25 @@ def plan_training(fp: DatasetFingerprint, device: Any, max_minutes: float | None
         measured = probe_candidates(measure, len(cands), lambda s, s0: enough_steps(target, s, s0), cap)
         logger.info("probed %d candidate(s) in %.1f s", len(measured), time.monotonic() - start)
     index, why = choose(cands, target, measured)
-    return make_plan(fp, target, cands, index, why, measured)
+    return make_plan(fp, target, cands, index, why, measured, mode_choice(modes))
+
+
+def mode_choice(seconds: Mapping[Any, float]) -> tuple[dict[str, Any], str] | None:
+    """``(train values, reason)`` of the fastest step mode, when the probe timed more than one.
+
+    Args:
+        seconds: :class:`~medresunet.training.probe.StepMode` -> measured seconds per step.
+
+    Returns:
+        ``({"precision": ..., "channels_last": ...}, reason)``, or None (nothing was chosen).
+    """
+    if len(seconds) < 2:
+        return None
+    fastest = min(seconds, key=seconds.__getitem__)
+    others = ", ".join(f"{m.describe()} {s:.3f}" for m, s in seconds.items() if m != fastest)
+    return ({"precision": fastest.precision, "channels_last": fastest.channels_last},
+            f"{fastest.describe()}: the fastest training step of the smallest candidate on this device, "
+            f"{seconds[fastest]:.3f} s/step measured against {others}")
 
 
 def planned_config(manifest: Any, overrides: Sequence[str], epochs: int | None, device: Any,
@@ -126,7 +163,8 @@ def planned_config(manifest: Any, overrides: Sequence[str], epochs: int | None, 
     if dist.is_main:
         train_cases, val_cases = training_cases(manifest, base, dist.world_size)
         fp = dataset_fingerprint(train_cases, len(val_cases), manifest.channels, manifest.labels, quiet=quiet)
-        plan = plan_training(fp, device, max_minutes, precision=base.train.precision)
+        plan = plan_training(fp, device, max_minutes, precision=base.train.precision,
+                             channels_last=base.train.channels_last)
         for key, why in plan.reasons:
             logger.info("plan: %s: %s", key, why)
     raw, info = distributed.broadcast_object(

@@ -12,12 +12,14 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from medresunet.devices import autocast, resolve_precision
+from medresunet.devices import autocast, cpu_supports_bf16, resolve_precision
 from medresunet.networks import ResidualUNet
+from medresunet.training.accelerator import use_channels_last
 from medresunet.training.loss import SegmentationLoss
 
 
@@ -28,7 +30,7 @@ def _sync(device: torch.device) -> None:
 
 def measure_step_seconds(model_kwargs: dict[str, Any], patch_size: Sequence[int], batch_size: int,
                          device: torch.device, precision: str = "auto", steps: int = 2,
-                         warmup: int = 1) -> float:
+                         warmup: int = 1, channels_last: bool | None = None) -> float:
     """Median seconds of one training step of ``ResidualUNet(**model_kwargs)``.
 
     Args:
@@ -39,10 +41,13 @@ def measure_step_seconds(model_kwargs: dict[str, Any], patch_size: Sequence[int]
         precision: ``auto``/``fp32``/``bf16``/``fp16``, resolved as the training loop does.
         steps: timed steps (the median is returned).
         warmup: untimed steps first (allocator, oneDNN / cuDNN kernel choice).
+        channels_last: the memory layout (``train.channels_last``; None: the loop's default).
     """
     precision = resolve_precision(precision, device)
     dims = int(model_kwargs["spatial_dims"])
-    fmt = torch.channels_last_3d if dims == 3 else torch.channels_last
+    fmt = torch.contiguous_format
+    if use_channels_last(channels_last, device):
+        fmt = torch.channels_last_3d if dims == 3 else torch.channels_last
     model = ResidualUNet(**model_kwargs).to(device).to(memory_format=fmt).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn = SegmentationLoss()
@@ -66,6 +71,44 @@ def measure_step_seconds(model_kwargs: dict[str, Any], patch_size: Sequence[int]
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return float(statistics.median(times))
+
+
+@dataclass(frozen=True)
+class StepMode:
+    """How a training step runs: ``train.precision`` (resolved) and ``train.channels_last``."""
+
+    precision: str
+    channels_last: bool
+
+    def describe(self) -> str:
+        return f"{self.precision} {'channels-last' if self.channels_last else 'contiguous'}"
+
+
+def step_modes(precision: str, channels_last: bool | None, device: torch.device) -> tuple[StepMode, ...]:
+    """The step modes the probe times for ``train.precision`` / ``train.channels_last`` on ``device``.
+
+    On a CPU, ``auto`` precision with native bf16 gives bf16 and fp32, and ``null`` layout
+    gives channels-last and contiguous: which is fastest depends on the network (oneDNN's
+    bf16 and channels-last kernels win on wide layers and lose on the narrow ones of a small
+    planned network, 2-2.7x apart on this project's benchmark networks), so the probe
+    measures instead of assuming. Emulated bf16 (no native support) is never tried, and on
+    CUDA the loop's own defaults stay (not measured there yet). An explicit value is kept.
+    """
+    if device.type == "cpu" and precision == "auto":
+        precisions = ("bf16", "fp32") if cpu_supports_bf16() else ("fp32",)
+    else:
+        precisions = (resolve_precision(precision, device),)
+    layouts = (True, False) if channels_last is None and device.type == "cpu" else (
+        use_channels_last(channels_last, device),)
+    return tuple(StepMode(p, c) for p in precisions for c in layouts)
+
+
+def fastest_mode(model_kwargs: dict[str, Any], patch_size: Sequence[int], batch_size: int,
+                 device: torch.device, modes: Sequence[StepMode]) -> tuple[StepMode, dict[StepMode, float]]:
+    """The fastest of ``modes`` for this network, and each mode's measured seconds per step."""
+    seconds = {m: measure_step_seconds(model_kwargs, patch_size, batch_size, device, m.precision,
+                                       channels_last=m.channels_last) for m in modes}
+    return min(seconds, key=seconds.__getitem__), seconds
 
 
 def probe_candidates(measure: Callable[[int], float], n_candidates: int,
