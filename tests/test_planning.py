@@ -190,3 +190,33 @@ def test_the_probe_times_the_open_step_modes_and_the_plan_takes_the_fastest(monk
     assert (tc.precision, tc.channels_last) == ("bf16", False)
     tc = make_plan(fp, target, cands, 0, "test", {0: 0.3}).config.train
     assert (tc.precision, tc.channels_last) == ("auto", None)
+
+
+def test_probe_budget_decides_the_mode_on_the_smallest_candidate(monkeypatch):
+    """The smallest candidate is timed in every open mode, the larger ones only in the fastest."""
+    import math
+
+    import torch
+
+    from medresunet.training import autoplan, probe
+    from medresunet.training.probe import StepMode
+
+    calls = []
+
+    def fake_step(kwargs, patch, batch, device, precision, steps=2, warmup=1, channels_last=None):
+        calls.append((tuple(patch), precision, channels_last))
+        return 1e-7 * math.prod(patch) * (0.5 if (precision, channels_last) == ("fp32", False) else 1.0)
+
+    monkeypatch.setattr(probe, "measure_step_seconds", fake_step)
+    monkeypatch.setattr(probe, "measure_data_seconds", lambda *args, **kwargs: 0.001)
+    fp = fingerprint([(1.5, 1.5, 1.5)] * 4, [(96, 80, 64)] * 4)
+    target = Target("cpu", None, 15.0)
+    cands = candidates(fp, target)
+    four = tuple(StepMode(p, c) for p in ("bf16", "fp32") for c in (True, False))
+    measured, modes = autoplan.probe_budget(fp, cands, target, torch.device("cpu"), four)
+    smallest = cands[0].topology.patch_size
+    assert sorted(c[1:] for c in calls if c[0] == smallest) == sorted((m.precision, m.channels_last) for m in four)
+    assert {c[1:] for c in calls if c[0] != smallest} == {("fp32", False)} and len(measured) == len(cands)
+    assert measured[0] == modes[StepMode("fp32", False)] + 0.001 and set(modes) == set(four)
+    values, _ = autoplan.mode_choice(modes)
+    assert values == {"precision": "fp32", "channels_last": False}

@@ -65,12 +65,8 @@ def plan_training(fp: DatasetFingerprint, device: Any, max_minutes: float | None
                   channels_last: bool | None = None) -> Plan:
     """The plan for ``fp`` on ``device`` (a ``torch.device``) within ``max_minutes``.
 
-    With ``max_minutes`` the candidates are probed on ``device`` (at most
-    :data:`PROBE_FRACTION` of the budget, :data:`PROBE_MAX_S` s), smallest first, until one
-    trains too few steps; the plan takes the largest that still trains enough. The smallest
-    candidate is timed in every step mode that ``precision`` and ``channels_last`` leave
-    open (:func:`~medresunet.training.probe.step_modes`); the fastest is planned and the
-    larger candidates are timed in it.
+    With ``max_minutes`` the candidates are probed on ``device`` (:func:`probe_budget`)
+    and the plan takes the largest that still trains enough steps.
 
     Args:
         fp: the dataset.
@@ -80,45 +76,60 @@ def plan_training(fp: DatasetFingerprint, device: Any, max_minutes: float | None
         precision: the training precision (as ``train.precision``).
         channels_last: the memory layout (as ``train.channels_last``; None: open).
     """
+    from medresunet.training.probe import step_modes
+
+    kind = "cuda" if getattr(device, "type", str(device)) == "cuda" else "cpu"
+    memory = gpu_memory if gpu_memory is not None else gpu_memory_gb(device)
+    target = Target(kind, memory, max_minutes)
+    cands = candidates(fp, target)
+    measured, modes = {}, {}
+    if target.budget_s is not None:
+        measured, modes = probe_budget(fp, cands, target, device, step_modes(precision, channels_last, device))
+    index, why = choose(cands, target, measured)
+    return make_plan(fp, target, cands, index, why, measured, mode_choice(modes))
+
+
+def probe_budget(fp: DatasetFingerprint, cands: Sequence[Any], target: Target, device: Any,
+                 open_modes: Sequence[Any]) -> tuple[dict[int, float], dict[Any, float]]:
+    """Seconds per step of the candidates (network + data pipeline), smallest first.
+
+    At most :data:`PROBE_FRACTION` of the budget and :data:`PROBE_MAX_S` s, until one trains
+    too few steps. The smallest candidate is timed in each of ``open_modes``
+    (:func:`~medresunet.training.probe.step_modes`); the larger ones in the fastest of them.
+
+    Returns:
+        ``(candidate index -> s/step, step mode -> the smallest network's s/step)``.
+    """
     from medresunet.networks import ResidualUNet
     from medresunet.training.probe import (
         fastest_mode,
         measure_data_seconds,
         measure_step_seconds,
         probe_candidates,
-        step_modes,
     )
 
-    kind = "cuda" if getattr(device, "type", str(device)) == "cuda" else "cpu"
-    memory = gpu_memory if gpu_memory is not None else gpu_memory_gb(device)
-    target = Target(kind, memory, max_minutes)
-    cands = candidates(fp, target)
-    measured: dict[int, float] = {}
-    modes: dict[Any, float] = {}  # step mode -> s/step of the smallest candidate's network
-    if target.budget_s is not None:
-        def measure(i: int) -> float:
-            c = cands[i]
-            kwargs = _network_kwargs(c, fp)
-            ResidualUNet(**kwargs)  # fail here, not in the loop, on a bad candidate
-            if not modes:  # the smallest candidate decides the step mode of all
-                modes.update(fastest_mode(kwargs, c.topology.patch_size, c.batch_size, device,
-                                          step_modes(precision, channels_last, device))[1])
-            mode = min(modes, key=modes.__getitem__)
-            net = modes[mode] if i == 0 else measure_step_seconds(
-                kwargs, c.topology.patch_size, c.batch_size, device, mode.precision, channels_last=mode.channels_last)
-            data = measure_data_seconds(c.topology.patch_size, median, len(fp.channels),
-                                        8 if c.spatial_dims == 2 else 2, c.batch_size)
-            logger.info("probe: %s: %.3f s/step (network %.3f in %s, data %.3f)", c.describe(), net + data, net,
-                        mode.describe(), data)
-            return net + data
+    modes: dict[Any, float] = {}
+    median = tuple(int(m) for m in geometry(fp)[1])
 
-        median = tuple(int(m) for m in geometry(fp)[1])
-        start = time.monotonic()
-        cap = min(PROBE_MAX_S, PROBE_FRACTION * target.budget_s)
-        measured = probe_candidates(measure, len(cands), lambda s, s0: enough_steps(target, s, s0), cap)
-        logger.info("probed %d candidate(s) in %.1f s", len(measured), time.monotonic() - start)
-    index, why = choose(cands, target, measured)
-    return make_plan(fp, target, cands, index, why, measured, mode_choice(modes))
+    def measure(i: int) -> float:
+        c, kwargs = cands[i], _network_kwargs(cands[i], fp)
+        ResidualUNet(**kwargs)  # fail here, not in the loop, on a bad candidate
+        if not modes:
+            modes.update(fastest_mode(kwargs, c.topology.patch_size, c.batch_size, device, open_modes)[1])
+        mode = min(modes, key=modes.__getitem__)
+        net = modes[mode] if i == 0 else measure_step_seconds(
+            kwargs, c.topology.patch_size, c.batch_size, device, mode.precision, channels_last=mode.channels_last)
+        data = measure_data_seconds(c.topology.patch_size, median, len(fp.channels),
+                                    8 if c.spatial_dims == 2 else 2, c.batch_size)
+        logger.info("probe: %s: %.3f s/step (network %.3f in %s, data %.3f)", c.describe(), net + data, net,
+                    mode.describe(), data)
+        return net + data
+
+    start = time.monotonic()
+    cap = min(PROBE_MAX_S, PROBE_FRACTION * target.budget_s)
+    measured = probe_candidates(measure, len(cands), lambda s, s0: enough_steps(target, s, s0), cap)
+    logger.info("probed %d candidate(s) in %.1f s", len(measured), time.monotonic() - start)
+    return measured, modes
 
 
 def mode_choice(seconds: Mapping[Any, float]) -> tuple[dict[str, Any], str] | None:
