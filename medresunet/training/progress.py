@@ -227,7 +227,7 @@ def _mark_budget(axes, c: Curves, minutes: float, from_epoch: int) -> None:
         return
     step = epoch_to_step(c, end)
     for ax, x in zip(axes.ravel(), (step, end, step, end), strict=True):
-        ax.axvline(x, color="#c00", ls=":", lw=1.8, label=f"budget end ({minutes:g} min)")
+        ax.axvline(x, color="#c00", ls=":", lw=1.8, label=f"budget end ({minutes:.3g} min)")
 
 
 def write_progress(run_dir: str | Path, max_minutes: float | None = None,
