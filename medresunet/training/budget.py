@@ -1,9 +1,9 @@
 """Budget-aware training: the epochs that still fit, and cheap patch validation.
 
 With ``train.fit_budget`` and a ``--max-minutes`` budget the loop re-fits the number of
-epochs after each epoch to what the remaining budget allows at the step time measured so
-far (so the learning rate decays to the last step that really runs, whatever the load of
-the machine); with ``train.val_mode: patch`` it validates during training on one
+steps (and so of epochs) after each epoch to what the remaining budget allows at the step
+time measured so far (so the learning rate decays to the last step that really runs,
+whatever the load of the machine); with ``train.val_mode: patch`` it validates during training on one
 patch-sized crop per validation case, centred on the case's foreground, and on the whole
 volumes only at the end.
 """
@@ -19,25 +19,28 @@ import torch
 SAFETY = 0.98  # of the remaining budget that the re-fitted epochs may fill
 
 
-def refit_epochs(epochs_done: int, elapsed_s: float, budget_s: float, epoch_s: float, planned: int) -> int:
-    """Total epochs that end within the budget at ``epoch_s`` seconds per epoch.
+def refit_steps(steps_done: int, elapsed_s: float, budget_s: float, step_s: float, planned: int) -> int:
+    """Total optimizer steps that end within the budget at ``step_s`` seconds per step.
+
+    The learning rate decays over this many steps, so it reaches its floor where the budget
+    will really end (a horizon in whole epochs would end mid-epoch, the rate still high).
 
     Args:
-        epochs_done: epochs finished.
+        steps_done: steps taken so far.
         elapsed_s: seconds of the budget already used.
         budget_s: the whole budget (s).
-        epoch_s: mean seconds of one epoch so far, its validations included.
+        step_s: seconds per step so far, the epochs' validations spread over their steps.
         planned: the current total (returned when nothing is measured).
 
     Returns:
-        At least ``epochs_done + 1`` when any budget is left, else ``epochs_done``.
+        At least ``steps_done + 1`` when any budget is left, else ``steps_done``.
     """
-    if epoch_s <= 0:
+    if step_s <= 0:
         return planned
     remaining = budget_s - elapsed_s
     if remaining <= 0:
-        return max(1, epochs_done)
-    return max(epochs_done + 1, epochs_done + int(SAFETY * remaining / epoch_s))
+        return max(1, steps_done)
+    return steps_done + max(1, int(SAFETY * remaining / step_s))
 
 
 def _crop_slices(mask: torch.Tensor, roi: Sequence[int]) -> tuple[slice, ...]:

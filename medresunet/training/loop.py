@@ -107,6 +107,7 @@ class _Run:
     patch_val: list[dict[str, Any]] | None = None  # train.val_mode patch: the crops validated on
     epoch_seconds: list[float] = field(default_factory=list)
     step_seconds: float = 0.0  # in training steps (run_epoch), validations and checkpoints left out
+    lr_horizon: int = 0  # train.fit_budget: the steps the LR decays over, as last re-fitted (0: as planned)
 
     @property
     def main(self) -> bool:
@@ -227,25 +228,24 @@ def _start(run: _Run, model: torch.nn.Module) -> TrainState:
 
 
 def fit_budget(run: _Run, state: TrainState, seconds: float) -> None:
-    """With ``train.fit_budget`` and a budget: re-fit the epochs (and the LR horizon) to what is left.
+    """With ``train.fit_budget`` and a budget: re-fit the steps (LR horizon) and epochs to what is left.
 
-    ``seconds`` is the training time of the epoch just run; the epochs before it count
-    with their validations.
+    ``seconds``: the epoch just run; earlier epochs count with their validations. The
+    horizon may end inside the last epoch (the budget ends the run there).
     """
     if not run.config.train.fit_budget or run.options.max_minutes is None or state.stopped_by_budget:
         return
-    estimate = budget.mean_epoch_seconds(run.epoch_seconds or [seconds])
-    fitted = int(_dist.broadcast_object(run.dist, budget.refit_epochs(
-        state.epoch, time.monotonic() - run.t0, 60.0 * float(run.options.max_minutes), estimate,
-        state.total_epochs)))
-    if fitted == state.total_epochs:
-        return
     n_steps, tc = state.steps_per_epoch, run.config.train
-    logger.info("budget: %d epochs fit (%.1f s per epoch); the LR decays over %d steps", fitted, estimate,
-                fitted * n_steps)
-    state.total_epochs = fitted
-    state.scheduler = budget.rebuild_scheduler(state.scheduler, fitted * n_steps, tc.warmup_epochs * n_steps,
-                                               tc.schedule)
+    step_s = budget.mean_epoch_seconds(run.epoch_seconds or [seconds]) / max(1, n_steps)
+    horizon = int(_dist.broadcast_object(run.dist, budget.refit_steps(
+        state.global_step, time.monotonic() - run.t0, 60.0 * float(run.options.max_minutes), step_s,
+        run.lr_horizon or state.total_epochs * n_steps)))
+    if horizon == run.lr_horizon:
+        return
+    fitted = max(state.epoch + (horizon > state.global_step), math.ceil(horizon / n_steps))
+    logger.info("budget: %d steps fit (%.3f s/step), %d epochs; the LR decays over them", horizon, step_s, fitted)
+    run.lr_horizon, state.total_epochs = horizon, fitted
+    state.scheduler = budget.rebuild_scheduler(state.scheduler, horizon, tc.warmup_epochs * n_steps, tc.schedule)
     run.bar.total = run.bar.n + max(0, fitted - state.epoch) * n_steps
 
 
