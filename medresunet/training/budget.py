@@ -1,11 +1,11 @@
-"""Budget-aware training: the epochs that still fit, and cheap patch validation.
+"""Budget-aware training: the steps that still fit, and cheap patch validation.
 
 With ``train.fit_budget`` and a ``--max-minutes`` budget the loop re-fits the number of
 steps (and so of epochs) after each epoch to what the remaining budget allows at the step
 time measured so far (so the learning rate decays to the last step that really runs,
-whatever the load of the machine); with ``train.val_mode: patch`` it validates during training on one
-patch-sized crop per validation case, centred on the case's foreground, and on the whole
-volumes only at the end.
+whatever the load of the machine); with ``train.val_mode: patch`` it validates during
+training on one patch-sized crop per validation case, centred on the case's foreground, and
+on the whole volumes only at the end.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-SAFETY = 0.98  # of the remaining budget that the re-fitted epochs may fill
+SAFETY = 0.98  # of the remaining budget that the re-fitted steps may fill
 
 
 def refit_steps(steps_done: int, elapsed_s: float, budget_s: float, step_s: float, planned: int) -> int:

@@ -21,6 +21,7 @@ from medresunet.devices import autocast, cpu_supports_bf16, resolve_precision
 from medresunet.networks import ResidualUNet
 from medresunet.training.accelerator import use_channels_last
 from medresunet.training.loss import SegmentationLoss
+from medresunet.training.run_state import memory_format
 
 
 def _sync(device: torch.device) -> None:
@@ -45,9 +46,7 @@ def measure_step_seconds(model_kwargs: dict[str, Any], patch_size: Sequence[int]
     """
     precision = resolve_precision(precision, device)
     dims = int(model_kwargs["spatial_dims"])
-    fmt = torch.contiguous_format
-    if use_channels_last(channels_last, device):
-        fmt = torch.channels_last_3d if dims == 3 else torch.channels_last
+    fmt = memory_format(dims, use_channels_last(channels_last, device)) or torch.contiguous_format
     model = ResidualUNet(**model_kwargs).to(device).to(memory_format=fmt).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn = SegmentationLoss()
